@@ -1,0 +1,3 @@
+from queueproxy.main import main
+
+main()

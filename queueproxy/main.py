@@ -1,0 +1,26 @@
+"""Entry point: parse the configuration once, then run the sidecar (contract §2)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from queueproxy.config import ConfigError, load
+
+    try:
+        config = load(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigError as error:
+        # Like Knative's envconfig failure: one line on stderr naming the variable, exit 1.
+        print(f"queueproxy: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+    from queueproxy.server import run
+
+    raise SystemExit(run(config))
+
+
+if __name__ == "__main__":
+    main()
