@@ -30,10 +30,12 @@ from queueproxy.http11 import (
     HIGH_WATER,
     HOP_BY_HOP,
     MAX_HEADER_BYTES,
+    READ_HEADER_TIMEOUT,
     connection_tokens,
     simple_response,
     status_line,
 )
+from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer, TimeoutRules
 
 log = logging.getLogger("queueproxy")
 
@@ -59,6 +61,8 @@ class Observer(Protocol):
 
     def request_finished(self, exchange: Exchange) -> None: ...
 
+    def probe_answered(self, exchange: Exchange) -> None: ...
+
 
 class LocalResponder(Protocol):
     """Answers health checks and network probes without the app (contract §7.1)."""
@@ -78,9 +82,13 @@ class DataPath:
         upstream_port: int,
         breaker: Breaker | None,
         max_idle: int,
+        timeout_rules: TimeoutRules,
     ) -> None:
         self.loop = loop
         self.breaker = breaker
+        self.timeout_rules = timeout_rules
+        # Write times matter only to the response-start and idle rules.
+        self.track_writes = timeout_rules.response_start > 0 or timeout_rules.idle > 0
         self.pool = UpstreamPool(loop, upstream_host, upstream_port, max_idle)
         self.upstream_host_header = f"{upstream_host}:{upstream_port}".encode()
         self.observer: Observer | None = None
@@ -143,6 +151,7 @@ class Exchange:
         "request_length",
         "replay_bytes",
         "counted",
+        "dispatched_at",
     )
 
     def __init__(self, conn: ClientConnection) -> None:
@@ -177,6 +186,7 @@ class Exchange:
         self.request_length = -1
         self.replay_bytes = 0
         self.counted = False  # reported to the observer (probes and local answers are not)
+        self.dispatched_at = 0.0  # when it left the queue for the app
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header, by lower-case name."""
@@ -206,6 +216,12 @@ class ClientConnection(asyncio.Protocol):
         self.writing_paused = False
         self.closed = False
         self.tunnel_upstream: UpstreamConnection | None = None
+        # One timer per connection, re-armed lazily (never cancelled per request): it enforces
+        # the head exchange's timeouts and the deadline for a request head to arrive.
+        self.timer = RequestTimer(path.timeout_rules)
+        self.timer_handle: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.header_deadline = 0.0
 
     # -- Protocol interface --------------------------------------------------------------------
 
@@ -218,10 +234,16 @@ class ClientConnection(asyncio.Protocol):
             port = peer[1]
             self.remote_addr = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
         self.path.connections.add(self)
+        # Like Go's ReadHeaderTimeout: the first request head must come within a minute.
+        self.header_deadline = self.loop.time() + READ_HEADER_TIMEOUT
+        self._arm(self.header_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.path.connections.discard(self)
+        if self.timer_handle is not None:
+            self.timer_handle.cancel()
+            self.timer_handle = None
         for exchange in list(self.exchanges):
             self._abandon(exchange)
         self.exchanges.clear()
@@ -231,6 +253,8 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tunnel_upstream is not None:
             self.tunnel_upstream.write(data)
+            if self.path.track_writes:
+                self.timer.wrote(self.loop.time())
             return
         try:
             self.parser.feed_data(data)
@@ -243,12 +267,8 @@ class ClientConnection(asyncio.Protocol):
             self._reject(400, b"Bad Request: " + str(error).encode())
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still be waiting for its responses; keep writing them.
-        if not self.exchanges:
-            return None
-        for exchange in self.exchanges:
-            exchange.keep_alive = False
-        return True
+        # Like Go's server, a client that shuts its side is gone: its requests are cancelled.
+        return None
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -270,6 +290,10 @@ class ClientConnection(asyncio.Protocol):
         self.current = Exchange(self)
         self.header_bytes = 0
         self.url = b""
+        if not self.header_deadline:
+            # Later heads on a kept-alive connection: the minute counts from their first byte.
+            self.header_deadline = self.loop.time() + READ_HEADER_TIMEOUT
+            self._arm(self.header_deadline)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -290,6 +314,7 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         exchange = self.current
         assert exchange is not None
+        self.header_deadline = 0.0
         parser = self.parser
         exchange.method = parser.get_method()
         exchange.target = self.url
@@ -412,7 +437,9 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, exchange: Exchange) -> None:
         """The exchange is at the head of the line: answer it locally or send it to the app."""
         path = self.path
-        exchange.started_at = self.loop.time()
+        exchange.started_at = now = self.loop.time()
+        self.timer.start(now)
+        self._arm(self.timer.next_deadline())
         responder = path.responder
         if responder is not None and responder.answer(self, exchange):
             return
@@ -445,6 +472,8 @@ class ClientConnection(asyncio.Protocol):
             upstream.close_or_pool(reusable=True)
             return
         exchange.state = ACTIVE
+        if not exchange.dispatched_at:
+            exchange.dispatched_at = self.loop.time()
         exchange.upstream = upstream
         upstream.exchange = exchange
         data = [exchange.head, *exchange.body]
@@ -520,6 +549,8 @@ class ClientConnection(asyncio.Protocol):
             ]
         if not has_date:
             lines.append(DATE.line)
+        if self.path.track_writes:
+            self.timer.wrote(self.loop.time())
         if status == 101:
             lines.append(b"Connection: Upgrade\r\n")
             for name, value in headers:
@@ -556,6 +587,8 @@ class ClientConnection(asyncio.Protocol):
 
     def response_body(self, exchange: Exchange, chunk: bytes) -> None:
         exchange.response_bytes += len(chunk)
+        if self.path.track_writes:
+            self.timer.wrote(self.loop.time())
         if exchange.response_framing == b"chunked":
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         self._write(chunk)
@@ -637,6 +670,8 @@ class ClientConnection(asyncio.Protocol):
         if exchange.state == QUEUED and self.path.breaker is not None:
             self.path.breaker.cancel(exchange)
         exchange.state = DONE
+        if self.exchanges and self.exchanges[0] is exchange:
+            self.timer.stop()
         path = self.path
         path.release_slot(exchange)
         upstream = exchange.upstream
@@ -671,11 +706,68 @@ class ClientConnection(asyncio.Protocol):
         else:
             exchange.state = DONE
 
+    # -- Timeouts (§9.1) -----------------------------------------------------------------------
+
+    def _arm(self, deadline: float | None) -> None:
+        """Make sure the timer fires no later than `deadline`; an earlier firing re-arms."""
+        if deadline is None:
+            return
+        handle = self.timer_handle
+        if handle is not None:
+            if self.timer_at <= deadline:
+                return
+            handle.cancel()
+        self.timer_at = deadline
+        self.timer_handle = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer_handle = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        if self.header_deadline and now >= self.header_deadline:
+            # A client that cannot send a request head in a minute is not a client: close.
+            self.header_deadline = 0.0
+            self.current = None
+            if not self.exchanges and self.transport is not None:
+                self.closed = True
+                self.transport.close()
+                return
+        if self.exchanges and self.timer.check(now) is not None:
+            self._timed_out(self.exchanges[0])
+        if self.closed:
+            return
+        deadlines = [d for d in (self.timer.next_deadline(), self.header_deadline) if d]
+        if deadlines:
+            self._arm(min(deadlines))
+
+    def _timed_out(self, exchange: Exchange) -> None:
+        """504 `request timeout`, or, once the response has begun, that text and a cut."""
+        upstream = exchange.upstream
+        if upstream is not None:
+            upstream.abort()  # the app's request is cancelled and its connection not reused
+        if exchange.state == TUNNEL:
+            if self.tunnel_upstream is not None:
+                self.tunnel_upstream.abort()
+            self.tunnel_closed()
+            return
+        if not exchange.response_started:
+            exchange.keep_alive = exchange.keep_alive and exchange.request_done
+            self.respond_locally(exchange, TIMEOUT_STATUS, TIMEOUT_BODY)
+            return
+        tail = TIMEOUT_BODY
+        if exchange.response_framing == b"chunked":
+            tail = b"%x\r\n%s\r\n" % (len(tail), tail)
+        self._write(tail)
+        exchange.keep_alive = False
+        self._finish(exchange)
+
     # -- Upgrade and errors --------------------------------------------------------------------
 
     def _upgrade_received(self, rest: bytes) -> None:
         """The parser stopped after an `Upgrade` request head; `rest` is what followed it."""
-        exchange = self.current
+        # The parser has already completed the message, so it is the newest exchange.
+        exchange = self.exchanges[-1] if self.exchanges else None
         if exchange is None or not exchange.upgrade:
             self._reject(400, b"Bad Request: unexpected upgrade")
             return
@@ -789,7 +881,10 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is not None and exchange.state == TUNNEL:
-            exchange.conn._write(data)
+            conn = exchange.conn
+            conn._write(data)
+            if conn.path.track_writes:
+                conn.timer.wrote(conn.loop.time())
             return
         if exchange is None:
             # Bytes with no request outstanding: the connection is not usable any more.

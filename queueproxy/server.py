@@ -1,7 +1,8 @@
 """Wiring: build every part from the configuration, open the listeners, run until drained.
 
 The one place where the parts meet, like Knative's `sharedmain`: the data path, the breaker, the
-statistics ticker, the probes, the drain and the endpoint servers are all constructed here.
+statistics ticker, the probes, the drain and the endpoint servers are all constructed here, and
+nothing else constructs them.
 """
 
 from __future__ import annotations
@@ -10,30 +11,50 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 
 import uvloop
 
 from queueproxy.breaker import Breaker
 from queueproxy.config import Config
+from queueproxy.drain import Drainer
 from queueproxy.endpoints import Request, Response, not_found, serve
+from queueproxy.health import HealthResponder
 from queueproxy.http11 import DATE
+from queueproxy.logs import setup_logging
+from queueproxy.observer import RequestObserver
 from queueproxy.proxy import DataPath
-
-log = logging.getLogger("queueproxy")
+from queueproxy.readiness import Prober
+from queueproxy.requestlog import LineWriter, RequestLogger
+from queueproxy.stats import RequestStats
+from queueproxy.statwire import StatSnapshot
+from queueproxy.timeouts import TimeoutRules
+from queueproxy.usermetrics import UserMetrics, build_user_metrics
 
 # Knative's upstream keep-alive pool: CC idle connections, or 1000 when unlimited (§9.2).
 UNLIMITED_IDLE_CONNECTIONS = 1000
 # Hijacked connections (websockets) get this long after the listeners close (§8).
 HIJACK_DRAIN_SECONDS = 60.0
+# The autoscaler's reporting period (§4.1).
 REPORTING_PERIOD = 1.0
+# A preStop /wait-for-drain not followed by SIGTERM this soon was a container restart (§8).
+SIGTERM_GRACE_AFTER_PRESTOP = 1.0
 
 
 class Sidecar:
     """Everything one queue-proxy process runs."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        log: logging.Logger,
+        output: LineWriter,
+    ) -> None:
         self.config = config
         self.loop = loop
+        self.log = log
+        self.started = time.monotonic()
         cc = config.container_concurrency
         self.breaker = Breaker.for_container_concurrency(cc)
         self.data_path = DataPath(
@@ -42,10 +63,78 @@ class Sidecar:
             config.user_port,
             self.breaker,
             cc if cc > 0 else UNLIMITED_IDLE_CONNECTIONS,
+            TimeoutRules(
+                config.revision_timeout_seconds,
+                config.revision_response_start_timeout_seconds,
+                config.revision_idle_timeout_seconds,
+            ),
+        )
+        self.stats = RequestStats(loop.time())
+        self.snapshot = StatSnapshot(
+            namespace=config.serving_namespace,
+            configuration=config.serving_configuration,
+            revision=config.serving_revision,
+            pod=config.serving_pod,
+        )
+        self.output = output
+        self.user_metrics = self._build_user_metrics()
+        self.data_path.observer = self.observer = RequestObserver(
+            loop.time,
+            self.stats,
+            self.user_metrics,
+            self._build_request_log(),
+            self.breaker,
+            config.observability.era,
+        )
+        self.prober = Prober(config.readiness_probes, clock=loop.time, log=log)
+        self.drainer = Drainer(config.drain_quiet_period, loop)
+        self.data_path.responder = HealthResponder(
+            self.prober.probe_future, self.drainer, self.observer.probe_answered
         )
         self.servers: list[asyncio.Server] = []
-        self.stopping = asyncio.Event()
+        self.sigterm = asyncio.Event()
         self.ticker: asyncio.TimerHandle | None = None
+
+    def _build_user_metrics(self) -> UserMetrics | None:
+        config = self.config
+        protocol = config.observability.request_metrics_protocol
+        if protocol == "none":
+            return None
+        if protocol != "prometheus":
+            self.log.warning(
+                f"request metrics protocol {protocol!r} (OTLP push) is not supported; "
+                "user metrics are off (use prometheus)"
+            )
+            return None
+        return build_user_metrics(
+            era=config.observability.era,
+            namespace=config.serving_namespace,
+            service=config.serving_service,
+            configuration=config.serving_configuration,
+            revision=config.serving_revision,
+            pod=config.serving_pod,
+            container_concurrency=config.container_concurrency,
+        )
+
+    def _build_request_log(self) -> RequestLogger | None:
+        config = self.config
+        observability = config.observability
+        if not observability.enable_request_log:
+            return None
+        request_log = RequestLogger(
+            observability.request_log_template,
+            sink=self.output.write,
+            enable_probe_request_log=observability.enable_probe_request_log,
+            revision=config.serving_revision,
+            namespace=config.serving_namespace,
+            service=config.serving_service,
+            configuration=config.serving_configuration,
+            pod_name=config.serving_pod,
+            pod_ip=config.serving_pod_ip,
+        )
+        if request_log.template_error is not None:
+            self.log.error(f"Invalid request log template: {request_log.template_error}")
+        return request_log
 
     async def start(self) -> None:
         config = self.config
@@ -56,60 +145,122 @@ class Sidecar:
                 host,
                 config.queue_serving_port,
                 reuse_address=True,
-                backlog=1024,
+                backlog=4096,
             )
         )
         self.servers.append(await serve(self.loop, self.admin, host, config.admin_port))
-        self._tick()
+        self.servers.append(
+            await serve(self.loop, self.autoscaler_metrics, host, config.metrics_port)
+        )
+        if self.user_metrics is not None:
+            self.servers.append(
+                await serve(self.loop, self.user_metrics_endpoint, host, config.user_metrics_port)
+            )
+        self._tick(self.loop.time())
 
-    def _tick(self) -> None:
+    def _tick(self, due: float) -> None:
+        """Cut the statistics window every second (§4.1) and refresh the Date header."""
+        now = self.loop.time()
+        self.snapshot.update(self.stats.report(now), time.monotonic() - self.started)
         DATE.refresh()
-        self.ticker = self.loop.call_later(REPORTING_PERIOD, self._tick)
+        next_due = due + REPORTING_PERIOD
+        if next_due <= now:  # the loop was blocked: skip, don't burst
+            next_due = now + REPORTING_PERIOD
+        self.ticker = self.loop.call_at(next_due, self._tick, next_due)
 
-    def admin(self, request: Request) -> Response:
-        return not_found(request)
+    # -- Endpoints ------------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        self.stopping.set()
+    def autoscaler_metrics(self, request: Request) -> Response:
+        """:9090/metrics, any method: the last completed window, encoded when it was cut."""
+        if request.path != b"/metrics":
+            return not_found(request)
+        body, content_type = self.snapshot.body_for(request.headers.get(b"accept"))
+        return Response(200, body, content_type.encode())
 
-    async def shutdown(self) -> None:
-        """Stop accepting, let in-flight requests finish, give tunnels a bounded grace."""
+    def user_metrics_endpoint(self, request: Request) -> Response:
+        if request.path != b"/metrics" or request.method not in (b"GET", b"HEAD"):
+            return not_found(request)
+        assert self.user_metrics is not None
+        return Response(200, self.user_metrics.render(), self.user_metrics.content_type.encode())
+
+    def admin(self, request: Request) -> Response | asyncio.Future[Response]:
+        if request.path != b"/wait-for-drain":
+            return not_found(request)
+        return asyncio.ensure_future(self.wait_for_drain())
+
+    async def wait_for_drain(self) -> Response:
+        """The user container's preStop hook: answer once the sidecar has drained (§8)."""
+        self.loop.call_later(SIGTERM_GRACE_AFTER_PRESTOP, self._undo_drain_without_sigterm)
+        self.log.info("preStop /wait-for-drain: draining")
+        await self.drainer.drain()
+        return Response(200)
+
+    def _undo_drain_without_sigterm(self) -> None:
+        if not self.sigterm.is_set() and self.drainer.draining:
+            # No pod deletion followed: the app container is restarting. Be ready again.
+            self.log.info("no SIGTERM followed the preStop hook: drain undone")
+            self.drainer.reset()
+
+    # -- Shutdown -------------------------------------------------------------------------------
+
+    def on_signal(self, signum: int) -> None:
+        if not self.sigterm.is_set():
+            self.log.info(f"received {signal.Signals(signum).name}: draining")
+        self.sigterm.set()
+
+    async def drain_and_stop(self) -> None:
+        """Drain (probes fail, traffic still served), then stop the way Go's Shutdown does."""
+        await self.sigterm.wait()
+        while not await self.drainer.drain():
+            pass  # a preStop reset raced the signal: drain again
+        self.log.info("drained: closing listeners")
         for server in self.servers:
             server.close()
-        for conn in list(self.data_path.connections):
+        connections = self.data_path.connections
+        for conn in list(connections):
             conn.shutdown()
-        while any(c.tunnel_upstream is None and c.exchanges for c in self.data_path.connections):
+        # Ordinary requests: no limit (Kubernetes' grace period is the bound).
+        while any(c.exchanges and c.tunnel_upstream is None for c in connections):
             await asyncio.sleep(0.05)
         deadline = self.loop.time() + HIJACK_DRAIN_SECONDS
-        while self.data_path.connections and self.loop.time() < deadline:
-            if not any(c.exchanges for c in self.data_path.connections):
+        while any(c.tunnel_upstream is not None for c in connections):
+            if self.loop.time() >= deadline:
                 break
-            await asyncio.sleep(0.2)
-        for conn in list(self.data_path.connections):
+            await asyncio.sleep(0.1)
+        for conn in list(connections):
             if conn.transport is not None:
                 conn.transport.abort()
         self.data_path.pool.close()
         if self.ticker is not None:
             self.ticker.cancel()
+        self.log.info("shutdown complete")
 
 
 async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
-    sidecar = Sidecar(config, loop)
+    # Process and request logs share one stdout writer that never blocks the event loop.
+    output = LineWriter()
+    log = setup_logging(
+        config.serving_logging_level,
+        config.serving_namespace,
+        config.serving_revision,
+        config.serving_pod,
+        sink=output.write,
+    )
+    sidecar = Sidecar(config, loop, log, output)
     try:
         await sidecar.start()
     except OSError as error:
-        print(f"queueproxy: cannot listen: {error}", file=sys.stderr)
+        print(f"queueproxy: cannot listen: {error}", file=sys.stderr, flush=True)
         return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, sidecar.request_stop)
-    print(
-        f"queueproxy: serving on :{config.queue_serving_port} -> 127.0.0.1:{config.user_port}",
-        file=sys.stderr,
-        flush=True,
+        loop.add_signal_handler(signum, sidecar.on_signal, signum)
+    log.info(
+        f"queue-proxy serving on :{config.queue_serving_port} for 127.0.0.1:{config.user_port}, "
+        f"containerConcurrency={config.container_concurrency}"
     )
-    await sidecar.stopping.wait()
-    await sidecar.shutdown()
+    await sidecar.drain_and_stop()
+    output.close()
     return 0
 
 

@@ -129,7 +129,7 @@ class Recorder:
 
 @contextlib.asynccontextmanager
 async def upstream_app(recorder: Recorder, **kwargs):
-    runner = web.AppRunner(recorder.app(), **kwargs)
+    runner = web.AppRunner(recorder.app(), handler_cancellation=True, **kwargs)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)

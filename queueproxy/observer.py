@@ -1,0 +1,98 @@
+"""What the data path tells the rest of the sidecar about each request (contract §4.1, §6, §10):
+the autoscaler's statistics window, the user metrics and the request log.
+
+Built once at start-up with only the parts the configuration turns on, so a request pays for
+nothing that is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from queueproxy.breaker import Breaker
+from queueproxy.proxy import Exchange
+from queueproxy.requestlog import RequestLogger
+from queueproxy.stats import RequestStats
+from queueproxy.usermetrics import UserMetrics
+
+
+class RequestObserver:
+    """Implements the data path's `Observer` protocol."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        stats: RequestStats,
+        metrics: UserMetrics | None,
+        request_log: RequestLogger | None,
+        breaker: Breaker | None,
+        era: str,
+    ) -> None:
+        self.clock = clock
+        self.stats = stats
+        self.metrics = metrics
+        self.request_log = request_log if request_log is not None and request_log.enabled else None
+        self.breaker = breaker
+        self.route_tags = route_tag_names(era)
+
+    def request_started(self, exchange: Exchange) -> None:
+        self.stats.request_in(exchange.started_at, exchange.proxied)
+        metrics = self.metrics
+        if metrics is not None and self.breaker is not None:
+            metrics.set_queue_depth(self.breaker.in_flight)
+
+    def request_finished(self, exchange: Exchange) -> None:
+        now = self.clock()
+        self.stats.request_out(now, exchange.proxied)
+        metrics = self.metrics
+        if metrics is not None:
+            status = exchange.status
+            metrics.observe_request(
+                status, now - exchange.started_at, self._route_tag(exchange), exchange.method
+            )
+            if exchange.dispatched_at:
+                metrics.observe_app_request(status, now - exchange.dispatched_at)
+        if self.request_log is not None:
+            self.log(exchange, now, probe=False)
+
+    def probe_answered(self, exchange: Exchange) -> None:
+        """Probes never count; they are logged only when probe request logging is on."""
+        if self.request_log is not None:
+            self.log(exchange, self.clock(), probe=True)
+
+    def log(self, exchange: Exchange, now: float, probe: bool) -> None:
+        assert self.request_log is not None
+        if exchange.body_chunked:
+            content_length = -1
+        else:
+            content_length = max(exchange.request_length, 0)
+        self.request_log.log(
+            method=exchange.method,
+            target=exchange.target,
+            proto="HTTP/" + exchange.version.decode(),
+            headers=exchange.headers,
+            remote_addr=exchange.conn.remote_addr.decode(),
+            content_length=content_length,
+            status=exchange.status,
+            size=exchange.response_bytes,
+            latency=now - exchange.started_at,
+            probe=probe,
+        )
+
+    def _route_tag(self, exchange: Exchange) -> str:
+        """Knative's `GetRouteTagNameFromRequest`, for the route tag metric label."""
+        tag = exchange.header(b"knative-serving-tag")
+        default_route = exchange.header(b"knative-serving-default-route")
+        disabled, default, undefined = self.route_tags
+        if tag is None:
+            return disabled if default_route is None else default
+        if default_route == b"true":
+            return undefined
+        return tag.decode("latin-1")
+
+
+def route_tag_names(era: str) -> tuple[str, str, str]:
+    """(disabled, default, undefined) as each era names them."""
+    if era == "v1.18":
+        return ("DISABLED", "DEFAULT", "UNDEFINED")
+    return ("kn:disabled", "kn:default", "kn:undefined")

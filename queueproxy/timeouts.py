@@ -1,0 +1,121 @@
+"""Request timeouts (contract §9.1, Knative v1.19+ `pkg/http/handler/timeout.go`).
+
+Three rules, all measured from the request's arrival, so time spent queued in the breaker counts:
+
+- total (`REVISION_TIMEOUT_SECONDS`): always armed; fires whether or not the response has started
+  (since knative-v1.19.0; before that it was ignored once a byte had been written);
+- response start (`REVISION_RESPONSE_START_TIMEOUT_SECONDS`, 0 = off): fires only if no response
+  byte has been written by then;
+- idle (`REVISION_IDLE_TIMEOUT_SECONDS`, 0 = off): fires when nothing has been written for that
+  long; before the first byte it counts from arrival, so it bounds the response start too.
+
+`RequestTimer` is the per-request state, sans-IO. The proxy keeps ONE loop timer per connection,
+never one per request: `start(now)` at arrival, `wrote(now)` on every response write (a float
+store, nothing more), `call_at(next_deadline())`, and in the callback `check(loop.time())`. A
+`None` from `check` means the timer fired early (a write moved the idle deadline): re-arm at
+`next_deadline()`. `stop()` when the response is complete.
+
+How the proxy must react to `Expired` (Knative's `timeoutWriter`):
+
+- `response_started` False: answer `504` with body `request timeout` (TIMEOUT_BODY, no newline,
+  `text/plain; charset=utf-8`), abort the upstream request and free its breaker slot;
+- `response_started` True: the status line is gone, so append `request timeout` to the body as
+  sent so far (as a chunk if the response is chunked; Go drops it if it would overrun a
+  Content-Length), then cut the stream: close the client connection without a last chunk (the
+  issue asks for a cut; Go would end a chunked body cleanly, hiding the truncation), abort the
+  upstream request, free the slot. Upgraded (websocket) connections are simply closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TIMEOUT_STATUS = 504
+TIMEOUT_BODY = b"request timeout"
+
+Reason = Literal["total", "response_start", "idle"]
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutRules:
+    """Seconds; 0 (or less) turns a rule off. Knative always sets `total` (default 300)."""
+
+    total: float
+    response_start: float = 0.0
+    idle: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    reason: Reason
+    response_started: bool
+
+
+class RequestTimer:
+    """Deadlines of one request. Reusable: `start` again for the connection's next request."""
+
+    __slots__ = ("rules", "started_at", "last_write", "active")
+
+    def __init__(self, rules: TimeoutRules) -> None:
+        self.rules = rules
+        self.started_at = 0.0
+        self.last_write: float | None = None  # None until the first response byte
+        self.active = False
+
+    def start(self, now: float) -> None:
+        self.started_at = now
+        self.last_write = None
+        self.active = True
+
+    def wrote(self, now: float) -> None:
+        self.last_write = now
+
+    def stop(self) -> None:
+        """The response is complete (or the request was cut): no more deadlines."""
+        self.active = False
+
+    @property
+    def response_started(self) -> bool:
+        return self.last_write is not None
+
+    def next_deadline(self) -> float | None:
+        """The earliest time `check` could report expiry, or None when nothing is armed."""
+        if not self.active:
+            return None
+        rules = self.rules
+        deadlines = []
+        if rules.total > 0:
+            deadlines.append(self.started_at + rules.total)
+        if rules.response_start > 0 and self.last_write is None:
+            deadlines.append(self.started_at + rules.response_start)
+        if rules.idle > 0:
+            deadlines.append(self._idle_since() + rules.idle)
+        return min(deadlines, default=None)
+
+    def check(self, now: float) -> Expired | None:
+        """The rule that has expired at `now`, if any (total first, then response start, idle).
+
+        An expiry ends the timer: later calls return None until the next `start`.
+        """
+        if not self.active:
+            return None
+        rules = self.rules
+        reason: Reason
+        if rules.total > 0 and now >= self.started_at + rules.total:
+            reason = "total"
+        elif (
+            rules.response_start > 0
+            and self.last_write is None
+            and now >= self.started_at + rules.response_start
+        ):
+            reason = "response_start"
+        elif rules.idle > 0 and now >= self._idle_since() + rules.idle:
+            reason = "idle"
+        else:
+            return None
+        self.active = False
+        return Expired(reason, self.last_write is not None)
+
+    def _idle_since(self) -> float:
+        return self.started_at if self.last_write is None else self.last_write

@@ -1,0 +1,5 @@
+"""`python -m sampleapp`."""
+
+from sampleapp.main import main
+
+raise SystemExit(main())

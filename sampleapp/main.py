@@ -1,0 +1,99 @@
+"""Process lifecycle: settings, routes, listen, wait for SIGTERM or SIGINT, drain, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+import uvloop
+from aiohttp import web
+
+from sampleapp.config import ConfigError, Settings, load
+from sampleapp.handlers import READINESS, Greeter, echo_headers, healthz, pid
+from sampleapp.readiness import Readiness
+from sampleapp.streams import (
+    CHECKSUMS,
+    PatternChecksums,
+    download,
+    server_sent_events,
+    stream,
+    upload,
+    websocket_echo,
+)
+from sampleapp.work import FaultDice
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[READINESS] = Readiness(settings.ready_after)
+    app[CHECKSUMS] = PatternChecksums()
+    greeter = Greeter(settings.target, FaultDice())
+    router = app.router
+    router.add_get("/", greeter.hello)
+    router.add_get("/stream", stream)
+    router.add_get("/sse", server_sent_events)
+    router.add_get("/ws", websocket_echo)
+    router.add_route("*", "/headers", echo_headers)
+    router.add_post("/upload", upload)
+    router.add_put("/upload", upload)
+    router.add_get("/download", download)
+    router.add_get("/healthz", healthz)
+    router.add_post("/healthz", healthz)
+    router.add_get("/pid", pid)
+    return app
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; return the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    if settings.startup_delay:
+        # A signal during the delay ends the process before it ever listens.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.startup_delay)
+        if stop.is_set():
+            return 0
+
+    app = build_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,  # the benchmark target: no per-request log line
+        keepalive_timeout=settings.keepalive_timeout,
+        # aiohttp waits this long for running handlers once the listener is closed, then
+        # cancels them (verified by the SIGTERM test).
+        shutdown_timeout=settings.shutdown_grace,
+    )
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+        except OSError as error:
+            print(
+                f"sampleapp: cannot listen on {settings.host}:{settings.port}: {error}",
+                file=sys.stderr,
+            )
+            return 1
+        app[READINESS].listening(loop.time())
+        port = runner.addresses[0][1]
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"sampleapp listening on http://{host}:{port}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = load(os.environ)
+    except ConfigError as error:
+        print(f"sampleapp: {error}", file=sys.stderr)
+        return 1
+    return uvloop.run(serve(settings))
