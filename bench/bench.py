@@ -70,7 +70,7 @@ def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subp
         args,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL,
         cwd=ROOT,
     )
     try:
@@ -104,7 +104,7 @@ def parse_latency(text: str, label: str) -> float:
 def run_wrk(url: str, duration: float, connections: int, proxy_pid: int | None) -> Round:
     before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
     output = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
         capture_output=True,
         text=True,
         timeout=duration + 30,
@@ -206,7 +206,7 @@ def summarise(name: str, rounds: list[Round], direct_rps: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=10, help="containerConcurrency")
     parser.add_argument("--starts", type=int, default=5, help="sidecar starts to time")

@@ -113,7 +113,10 @@ sys.exit(1 if failures else 0)
 PYTHON
 
 cleanup() {
-    "$engine" rm -f "$pod-client" "$pod-queue" "$pod-app" >/dev/null 2>&1 || true
+    # One at a time: the app container holds the namespace the other two joined.
+    for container in "$pod-client" "$pod-queue" "$pod-app"; do
+        "$engine" rm -f "$container" >/dev/null 2>&1 || true
+    done
 }
 trap cleanup EXIT
 
@@ -133,7 +136,7 @@ report=$("$engine" logs "$pod-client" 2>&1)
 grep -v '^ready-at ' <<<"$report" || true
 ready_at=$(awk '/^ready-at /{print $2}' <<<"$report")
 if [[ -n $ready_at ]]; then
-    awk -v a="$started" -v b="$ready_at" 'BEGIN{printf "ok    sidecar container start to ready: %.2f s\n", b - a}'
+    awk -v a="$started" -v b="$ready_at" 'BEGIN{printf "info  sidecar container start to ready: %.2f s\n", b - a}'
 fi
 
 # SIGTERM: drain (1 s quiet period here), then exit 0 (contract §8).

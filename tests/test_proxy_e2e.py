@@ -315,7 +315,9 @@ async def test_ten_mib_chunked_up_and_down_checksums_match():
             assert response.headers.get("Transfer-Encoding") == "chunked"
             body = await response.read()
     block = bytes(range(256)) * 256
-    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(block * (size // len(block))).hexdigest()
+    assert (
+        hashlib.sha256(body).hexdigest() == hashlib.sha256(block * (size // len(block))).hexdigest()
+    )
 
 
 async def test_server_sent_events_arrive_as_sent():
@@ -346,9 +348,7 @@ async def test_websocket_echo_through_the_sidecar():
 
 async def test_http10_clients_and_keep_alive():
     async with stack() as (sidecar, _):
-        reply = await asyncio.to_thread(
-            raw_exchange, sidecar.port, b"GET /echo HTTP/1.0\r\n\r\n"
-        )
+        reply = await asyncio.to_thread(raw_exchange, sidecar.port, b"GET /echo HTTP/1.0\r\n\r\n")
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.0 200")
         assert json.loads(body)["method"] == "GET"
@@ -375,10 +375,13 @@ async def test_http10_clients_and_keep_alive():
 
 async def test_pipelined_requests_are_answered_in_order():
     async with stack() as (sidecar, _):
-        requests = b"".join(
-            f"GET /hold?sleep={delay}&id={index} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-            for index, delay in enumerate((0.3, 0.0, 0.1))
-        ) + b"GET /echo?last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        requests = (
+            b"".join(
+                f"GET /hold?sleep={delay}&id={index} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                for index, delay in enumerate((0.3, 0.0, 0.1))
+            )
+            + b"GET /echo?last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         reply = await asyncio.to_thread(raw_exchange, sidecar.port, requests)
     assert reply.count(b"HTTP/1.1 200") == 4
     assert reply.index(b"held") < reply.rindex(b"held") < reply.index(b"/echo?last")

@@ -1,0 +1,49 @@
+# Two images from one file (docs/deploy.md):
+#   docker build -t ghcr.io/example/queueproxy:0.1.0 .                      # the sidecar (default)
+#   docker build -t ghcr.io/example/sampleapp:0.1.0 --target sampleapp .    # the sample app
+#
+# Knative runs the sidecar with no command or args, runAsNonRoot without a UID, a read-only root
+# filesystem, all capabilities dropped and no writable volume (contract §2.3). Hence a numeric
+# USER, an ENTRYPOINT that reads the environment contract, and bytecode compiled at build time.
+#
+# PYTHON_IMAGE is an argument so that a machine without a registry can build FROM a local base
+# image holding the same Python (scripts/build-image.sh, docs/deploy.md).
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+WORKDIR /src
+RUN python3 -m venv /opt/venv
+# README.md is only the package's long description; the glob lets a build without it go through.
+COPY pyproject.toml README.md* ./
+COPY queueproxy ./queueproxy
+COPY sampleapp ./sampleapp
+# The venv keeps our package and its runtime dependencies, not the tools that installed them.
+# Hash-based .pyc files stay valid whatever timestamps the copy into the next stage leaves.
+RUN /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
+    && /opt/venv/bin/python -m compileall -q -f --invalidation-mode unchecked-hash /opt/venv
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH
+# The official python images ship the standard library without bytecode. On a read-only root
+# every start would compile it again in memory, so compile what is missing once, here.
+RUN python3 -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+    "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"
+COPY --from=builder /opt/venv /opt/venv
+# Numeric, so that kubelet can check runAsNonRoot without a passwd entry.
+USER 65532:65532
+
+FROM runtime AS sampleapp
+EXPOSE 8080
+ENTRYPOINT ["sampleapp"]
+
+# Last stage = the default target: the image for config-deployment's queue-sidecar-image.
+FROM runtime AS queueproxy
+# queue-port (8012, or 8013 for h2c revisions), admin (8022), https-port (8112, with certs),
+# http-autometric (9090), http-usermetric (9091).
+EXPOSE 8012 8013 8022 8112 9090 9091
+ENTRYPOINT ["queueproxy"]
