@@ -954,6 +954,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self.until_close = True
         self.in_body = True
         exchange.conn.response_head(exchange, status, self.headers, framing)
+        if exchange.method == b"HEAD":
+            # llhttp cannot be told the response to HEAD has no body: it would wait for
+            # Content-Length bytes. The exchange ends here and the connection is not reused.
+            self.exchange = None
+            exchange.upstream = None
+            self.abort()
+            exchange.conn.response_complete(exchange)
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
