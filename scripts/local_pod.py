@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--app-port", type=int, default=8080, help="sample app port (8080)")
     parser.add_argument("--concurrency", type=int, default=10, help="containerConcurrency (10)")
     parser.add_argument("--timeout", type=int, default=300, help="revision timeout seconds")
+    parser.add_argument("--admin-port", type=int, default=8022)
+    parser.add_argument("--metrics-port", type=int, default=9090, help="autoscaler statistics")
+    parser.add_argument("--user-metrics-port", type=int, default=9091, help="request metrics")
     parser.add_argument("--target", default=os.environ.get("TARGET", "World"))
     options = parser.parse_args()
 
@@ -46,54 +49,72 @@ def main() -> None:
         "TARGET": options.target,
     }
     # Own process groups: Ctrl-C reaches only this script, which stops them in pod order.
-    app = subprocess.Popen([sys.executable, "-m", "sampleapp"], env=app_env, start_new_session=True)
-    wait_for(options.app_port, app, "sampleapp")
-    sidecar = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "queueproxy",
-            "--port",
-            str(options.port),
-            "--upstream-port",
-            str(options.app_port),
-            "--concurrency",
-            str(options.concurrency),
-            "--timeout",
-            str(options.timeout),
-            "--drain-quiet-period",
-            "1",
-            "--readiness-probe",
-            f'{{"httpGet":{{"port":{options.app_port},"path":"/healthz"}}}}',
-        ],
-        start_new_session=True,
-    )
-    wait_for(options.port, sidecar, "queueproxy")
-    print(
-        f"""
-local pod running (containerConcurrency={options.concurrency}):
-  curl http://127.0.0.1:{options.port}/             # Hello {options.target}! through the sidecar
-  curl 'http://127.0.0.1:{options.port}/?sleep=500' # knobs: sleep, prime, bloat, status, bytes
-  curl -H 'User-Agent: kube-probe/1.30' -H 'K-Network-Probe: queue' http://127.0.0.1:{options.port}/
-  curl http://127.0.0.1:9090/metrics                # the autoscaler's view (text for curl)
-  curl http://127.0.0.1:9091/metrics                # user metrics (Prometheus)
-Ctrl-C stops both.""",
-        flush=True,
-    )
+    children: list[subprocess.Popen] = []
     try:
-        while app.poll() is None and sidecar.poll() is None:
+        app = subprocess.Popen(
+            [sys.executable, "-m", "sampleapp"], env=app_env, start_new_session=True
+        )
+        children.append(app)
+        wait_for(options.app_port, app, "sampleapp")
+        sidecar = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "queueproxy",
+                "--port",
+                str(options.port),
+                "--upstream-port",
+                str(options.app_port),
+                "--concurrency",
+                str(options.concurrency),
+                "--timeout",
+                str(options.timeout),
+                "--admin-port",
+                str(options.admin_port),
+                "--metrics-port",
+                str(options.metrics_port),
+                "--user-metrics-port",
+                str(options.user_metrics_port),
+                "--drain-quiet-period",
+                "1",
+                "--readiness-probe",
+                f'{{"httpGet":{{"port":{options.app_port},"path":"/healthz"}}}}',
+            ],
+            start_new_session=True,
+        )
+        children.insert(0, sidecar)
+        wait_for(options.port, sidecar, "queueproxy")
+        port, metrics, user = options.port, options.metrics_port, options.user_metrics_port
+        lines = [
+            f"local pod running (containerConcurrency={options.concurrency}):",
+            f"  curl http://127.0.0.1:{port}/    # Hello {options.target}! through the sidecar",
+            f"  curl 'http://127.0.0.1:{port}/?sleep=500'   # knobs: sleep, prime, bloat, bytes",
+            "  curl -H 'User-Agent: kube-probe/1.30' -H 'K-Network-Probe: queue' "
+            f"http://127.0.0.1:{port}/",
+            f"  curl http://127.0.0.1:{metrics}/metrics   # the autoscaler's view",
+            f"  curl http://127.0.0.1:{user}/metrics   # request metrics (Prometheus)",
+            "Ctrl-C stops both.",
+        ]
+        print("\n" + "\n".join(lines), flush=True)
+        while all(child.poll() is None for child in children):
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
-    # Like the kubelet: the sidecar drains first, then the app gets SIGTERM.
-    for proc in (sidecar, app):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    finally:
+        stop(children)
     print("local pod stopped", flush=True)
+
+
+def stop(children: list[subprocess.Popen]) -> None:
+    """Like the kubelet: the sidecar drains first, then the app gets SIGTERM."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -101,5 +122,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 if __name__ == "__main__":
+    # Explicitly: a shell starting us in the background would otherwise leave SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     main()
