@@ -870,10 +870,7 @@ class UpstreamConnection(asyncio.Protocol):
         elif not self.in_body and self.reused and conn.retry_upstream(exchange):
             return
         else:
-            reason = "upstream closed the connection"
-            if exc is not None:
-                reason = f"read tcp {self.pool.address}: {exc}"
-            conn.upstream_failed(exchange, reason)
+            conn.upstream_failed(exchange, read_error(self.pool.address, exc))
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost does the rest
@@ -1087,6 +1084,14 @@ class UpstreamPool:
         self.idle.clear()
         for task in self.dialling:
             task.cancel()
+
+
+def read_error(address: str, exc: Exception | None) -> str:
+    """Go's wording when the app drops the connection: `EOF`, or the socket error."""
+    if exc is None:
+        return "EOF"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"read tcp {address}: read: {reason.lower()}"
 
 
 def dial_error(address: str, exc: OSError) -> str:

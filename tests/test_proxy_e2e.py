@@ -23,6 +23,7 @@ from tests.harness import (
     raw_exchange,
     rss_kib,
     running,
+    start_sampleapp,
     start_sidecar,
 )
 
@@ -510,3 +511,18 @@ async def test_head_requests_get_headers_only_and_the_next_request_works():
                 assert await response.read() == b""
         async with client.get(f"{sidecar.url}/echo") as response:
             assert (await response.json())["method"] == "GET"
+
+
+async def test_app_resetting_the_connection_is_a_502_and_the_proxy_serves_on():
+    app = await asyncio.to_thread(start_sampleapp)
+    with running(app):
+        serving = free_port()
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app.port, serving))
+        with running(sidecar):
+            async with aiohttp.ClientSession() as client:
+                async with client.get(f"{sidecar.url}/?reset=1") as response:
+                    assert response.status == 502
+                    text = await response.text()
+                async with client.get(f"{sidecar.url}/") as response:
+                    assert await response.text() == "Hello World!\n"
+    assert text in ("EOF\n", f"read tcp 127.0.0.1:{app.port}: read: connection reset by peer\n")
