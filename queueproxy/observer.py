@@ -36,31 +36,52 @@ class RequestObserver:
         self.route_tags = route_tag_names(era)
 
     def request_started(self, exchange: Exchange) -> None:
+        """Called before the breaker sees the request."""
         self.stats.request_in(exchange.started_at, exchange.proxied)
         metrics = self.metrics
-        if metrics is not None and self.breaker is not None:
-            metrics.set_queue_depth(self.breaker.in_flight)
+        breaker = self.breaker
+        if metrics is not None and breaker is not None:
+            # Knative records `InFlight()` once the breaker has taken the request in, so the
+            # request itself counts; one the breaker will turn away records nothing.
+            in_flight = breaker.in_flight
+            if in_flight < breaker.capacity + breaker.queue_depth:
+                metrics.set_queue_depth(in_flight + 1)
 
     def request_finished(self, exchange: Exchange) -> None:
         now = self.clock()
         self.stats.request_out(now, exchange.proxied)
+        status = exchange.status or self._abandoned_status(exchange)
+        if exchange.network_probe is not None:
+            # Any `K-Network-Probe` value makes a request a probe (Knative's `IsProbe`): counted
+            # for the autoscaler, but kept out of user metrics and (by default) request logs.
+            if self.request_log is not None:
+                self.log(exchange, now, status, probe=True)
+            return
         metrics = self.metrics
         if metrics is not None:
-            status = exchange.status
             metrics.observe_request(
                 status, now - exchange.started_at, self._route_tag(exchange), exchange.method
             )
             if exchange.dispatched_at:
                 metrics.observe_app_request(status, now - exchange.dispatched_at)
         if self.request_log is not None:
-            self.log(exchange, now, probe=False)
+            self.log(exchange, now, status, probe=False)
 
     def probe_answered(self, exchange: Exchange) -> None:
         """Probes never count; they are logged only when probe request logging is on."""
         if self.request_log is not None:
-            self.log(exchange, self.clock(), probe=True)
+            self.log(exchange, self.clock(), exchange.status, probe=True)
 
-    def log(self, exchange: Exchange, now: float, probe: bool) -> None:
+    def _abandoned_status(self, exchange: Exchange) -> int:
+        """The code Knative records for a request whose client left before any response: its
+        response recorder starts at 200 and the proxy writes nothing for a cancelled request,
+        but `ProxyHandler` answers 500 when the wait for the breaker is cancelled. (A request
+        that had its slot but no app connection yet is taken for a waiting one.)"""
+        if self.breaker is not None and not exchange.dispatched_at:
+            return 500
+        return 200
+
+    def log(self, exchange: Exchange, now: float, status: int, probe: bool) -> None:
         assert self.request_log is not None
         if exchange.body_chunked:
             content_length = -1
@@ -73,7 +94,7 @@ class RequestObserver:
             headers=exchange.headers,
             remote_addr=exchange.conn.remote_addr.decode(),
             content_length=content_length,
-            status=exchange.status,
+            status=status,
             size=exchange.response_bytes,
             latency=now - exchange.started_at,
             probe=probe,

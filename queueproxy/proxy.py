@@ -20,6 +20,7 @@ import errno
 import logging
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import Protocol
 
 import httptools
@@ -437,8 +438,9 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, exchange: Exchange) -> None:
         """The exchange is at the head of the line: answer it locally or send it to the app."""
         path = self.path
-        exchange.started_at = now = self.loop.time()
-        self.timer.start(now)
+        # Latencies use the full-precision clock; uvloop's loop.time() ticks in milliseconds.
+        exchange.started_at = monotonic()
+        self.timer.start(self.loop.time())
         self._arm(self.timer.next_deadline())
         responder = path.responder
         if responder is not None and responder.answer(self, exchange):
@@ -473,7 +475,7 @@ class ClientConnection(asyncio.Protocol):
             return
         exchange.state = ACTIVE
         if not exchange.dispatched_at:
-            exchange.dispatched_at = self.loop.time()
+            exchange.dispatched_at = monotonic()
         exchange.upstream = upstream
         upstream.exchange = exchange
         data = [exchange.head, *exchange.body]
@@ -678,8 +680,11 @@ class ClientConnection(asyncio.Protocol):
         if upstream is not None:
             exchange.upstream = None
             upstream.exchange = None
-        if exchange.counted and path.observer is not None:
-            path.observer.request_finished(exchange)
+        if path.observer is not None:
+            if exchange.counted:
+                path.observer.request_finished(exchange)
+            elif exchange.dispatched_at:  # a K-Kubelet-Probe request the app answered
+                path.observer.probe_answered(exchange)
         if self.exchanges and self.exchanges[0] is exchange:
             self.exchanges.popleft()
         if not exchange.keep_alive:

@@ -69,7 +69,10 @@ class Sidecar:
                 config.revision_idle_timeout_seconds,
             ),
         )
-        self.stats = RequestStats(loop.time())
+        # uvloop's loop.time() ticks in whole milliseconds, too coarse for request latencies;
+        # time.monotonic() reads the same CLOCK_MONOTONIC (as asyncio's loop.time() does), so
+        # the data path's loop.time() stamps and these readings share one time line.
+        self.stats = RequestStats(time.monotonic())
         self.snapshot = StatSnapshot(
             namespace=config.serving_namespace,
             configuration=config.serving_configuration,
@@ -79,7 +82,7 @@ class Sidecar:
         self.output = output
         self.user_metrics = self._build_user_metrics()
         self.data_path.observer = self.observer = RequestObserver(
-            loop.time,
+            time.monotonic,
             self.stats,
             self.user_metrics,
             self._build_request_log(),
@@ -99,6 +102,7 @@ class Sidecar:
         config = self.config
         protocol = config.observability.request_metrics_protocol
         if protocol == "none":
+            self.log.debug("user metrics off (request metrics protocol none)")
             return None
         if protocol != "prometheus":
             self.log.warning(
@@ -106,6 +110,10 @@ class Sidecar:
                 "user metrics are off (use prometheus)"
             )
             return None
+        self.log.debug(
+            f"user metrics on :{config.user_metrics_port} "
+            f"({config.observability.era} names, Prometheus text)"
+        )
         return build_user_metrics(
             era=config.observability.era,
             namespace=config.serving_namespace,
@@ -120,6 +128,7 @@ class Sidecar:
         config = self.config
         observability = config.observability
         if not observability.enable_request_log:
+            self.log.debug("request log off")
             return None
         request_log = RequestLogger(
             observability.request_log_template,
@@ -161,7 +170,8 @@ class Sidecar:
     def _tick(self, due: float) -> None:
         """Cut the statistics window every second (§4.1) and refresh the Date header."""
         now = self.loop.time()
-        self.snapshot.update(self.stats.report(now), time.monotonic() - self.started)
+        reported_at = time.monotonic()
+        self.snapshot.update(self.stats.report(reported_at), reported_at - self.started)
         DATE.refresh()
         next_due = due + REPORTING_PERIOD
         if next_due <= now:  # the loop was blocked: skip, don't burst

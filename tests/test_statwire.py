@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-from grpc_tools import protoc
 from prometheus_client.parser import text_string_to_metric_families
 
 from queueproxy.stats import StatsReport
@@ -22,27 +19,8 @@ from queueproxy.statwire import (
     wants_protobuf,
 )
 
-TESTS_DIR = Path(__file__).parent
 # The autoscaler reads at most this many bytes of a scrape (6*10 + 256 + 20, §5.1).
 SCRAPER_BODY_LIMIT = 336
-
-
-def compile_stat_proto(out_dir: Path) -> ModuleType:
-    """Compile tests/stat.proto with grpc_tools' protoc and import the generated module."""
-    status = protoc.main(
-        ["protoc", f"-I{TESTS_DIR}", f"--python_out={out_dir}", str(TESTS_DIR / "stat.proto")]
-    )
-    assert status == 0, "protoc failed on tests/stat.proto"
-    spec = importlib.util.spec_from_file_location("stat_pb2", out_dir / "stat_pb2.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def stat_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    return compile_stat_proto(tmp_path_factory.mktemp("stat_proto"))
 
 
 def decode(stat_pb2: ModuleType, body: bytes):  # type: ignore[no-untyped-def]
