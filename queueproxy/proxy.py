@@ -149,6 +149,7 @@ class Exchange:
         "response_started",
         "response_bytes",
         "response_framing",
+        "response_length",
         "request_length",
         "replay_bytes",
         "counted",
@@ -184,6 +185,7 @@ class Exchange:
         self.response_bytes = 0
         # b"length", b"chunked", b"close" (HTTP/1.0 client without length) or b"none"
         self.response_framing = b"none"
+        self.response_length = -1  # the app's Content-Length, when it framed the body so
         self.request_length = -1
         self.replay_bytes = 0
         self.counted = False  # reported to the observer (probes and local answers are not)
@@ -440,11 +442,14 @@ class ClientConnection(asyncio.Protocol):
         path = self.path
         # Latencies use the full-precision clock; uvloop's loop.time() ticks in milliseconds.
         exchange.started_at = monotonic()
-        self.timer.start(self.loop.time())
-        self._arm(self.timer.next_deadline())
         responder = path.responder
         if responder is not None and responder.answer(self, exchange):
+            # Health checks and network probes are not timed (Knative's Drainer sits outside its
+            # TimeoutHandler); a request the responder sent straight to the app is.
+            if exchange.state == CONNECTING or exchange.state == ACTIVE:
+                self._start_timer()
             return
+        self._start_timer()
         if path.observer is not None:
             exchange.counted = True
             path.observer.request_started(exchange)
@@ -460,6 +465,10 @@ class ClientConnection(asyncio.Protocol):
             exchange.state = QUEUED
         else:
             self.respond_locally(exchange, 503, QUEUE_FULL_BODY)
+
+    def _start_timer(self) -> None:
+        self.timer.start(self.loop.time())
+        self._arm(self.timer.next_deadline())
 
     def start_upstream(self, exchange: Exchange) -> None:
         if self.closed:
@@ -761,9 +770,13 @@ class ClientConnection(asyncio.Protocol):
             self.respond_locally(exchange, TIMEOUT_STATUS, TIMEOUT_BODY)
             return
         tail = TIMEOUT_BODY
-        if exchange.response_framing == b"chunked":
+        framing = exchange.response_framing
+        if framing == b"chunked":
             tail = b"%x\r\n%s\r\n" % (len(tail), tail)
-        self._write(tail)
+        if framing != b"length" or exchange.response_bytes + len(tail) <= exchange.response_length:
+            # Past a Content-Length the text would turn a truncated body into a complete-looking
+            # corrupt one; Go's server refuses such a write too.
+            self._write(tail)
         exchange.keep_alive = False
         self._finish(exchange)
 
@@ -948,6 +961,7 @@ class UpstreamConnection(asyncio.Protocol):
                 lname = name.lower()
                 if lname == b"content-length":
                     framing = b"length"
+                    exchange.response_length = int(value)
                 elif lname == b"transfer-encoding" and b"chunked" in value.lower():
                     framing = b"chunked"
                     break
