@@ -84,10 +84,12 @@ class DataPath:
         breaker: Breaker | None,
         max_idle: int,
         timeout_rules: TimeoutRules,
+        read_header_timeout: float = READ_HEADER_TIMEOUT,
     ) -> None:
         self.loop = loop
         self.breaker = breaker
         self.timeout_rules = timeout_rules
+        self.read_header_timeout = read_header_timeout
         # Write times matter only to the response-start and idle rules.
         self.track_writes = timeout_rules.response_start > 0 or timeout_rules.idle > 0
         self.pool = UpstreamPool(loop, upstream_host, upstream_port, max_idle)
@@ -238,7 +240,7 @@ class ClientConnection(asyncio.Protocol):
             self.remote_addr = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
         self.path.connections.add(self)
         # Like Go's ReadHeaderTimeout: the first request head must come within a minute.
-        self.header_deadline = self.loop.time() + READ_HEADER_TIMEOUT
+        self.header_deadline = self.loop.time() + self.path.read_header_timeout
         self._arm(self.header_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -295,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         if not self.header_deadline:
             # Later heads on a kept-alive connection: the minute counts from their first byte.
-            self.header_deadline = self.loop.time() + READ_HEADER_TIMEOUT
+            self.header_deadline = self.loop.time() + self.path.read_header_timeout
             self._arm(self.header_deadline)
 
     def on_url(self, url: bytes) -> None:

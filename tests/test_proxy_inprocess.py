@@ -1,0 +1,61 @@
+"""Data path behaviour that needs a shortened bound: the data path runs in the test's own loop
+on real sockets, with the request-head deadline (a minute in production) cut to a fraction."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from queueproxy.breaker import Breaker
+from queueproxy.proxy import DataPath
+from queueproxy.timeouts import TimeoutRules
+
+
+async def _app() -> tuple[web.AppRunner, int]:
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def test_a_request_head_that_never_completes_is_cut_without_holding_others():
+    runner, app_port = await _app()
+    loop = asyncio.get_running_loop()
+    path = DataPath(
+        loop, "127.0.0.1", app_port, Breaker(1, 10), 1, TimeoutRules(30), read_header_timeout=0.5
+    )
+    server = await loop.create_server(path.protocol_factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        silent_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+        slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+        slow_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+        started = time.monotonic()
+        # Meanwhile another client is served at once, through the only slot.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await reader.readexactly(3) == b"ok\n"
+        for stalled in (silent_reader, slow_reader):
+            assert await asyncio.wait_for(stalled.read(), 3) == b""  # closed by the proxy
+        assert 0.4 < time.monotonic() - started < 2.5
+        # The served client idled on its kept-alive connection all along and was not cut.
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)).startswith(
+            b"HTTP/1.1 200"
+        )
+        writer.close()
+    finally:
+        server.close()
+        path.pool.close()
+        await runner.cleanup()
