@@ -16,26 +16,10 @@
 #   PYTHON_IMAGE=localhost/debian-python:bookworm \
 #     BUILD_OPTS="--pull=never --isolation=chroot" scripts/build-image.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/.."
 
-registry=${REGISTRY:-ghcr.io/example}
-tag=${TAG:-0.1.0}
-queueproxy_image=${QUEUEPROXY_IMAGE:-$registry/queueproxy:$tag}
-sampleapp_image=${SAMPLEAPP_IMAGE:-$registry/sampleapp:$tag}
-
-container_engine() {
-    if [[ -n ${CONTAINER_ENGINE:-} ]]; then
-        echo "$CONTAINER_ENGINE"
-    elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        echo docker
-    elif command -v podman >/dev/null; then
-        echo podman
-    else
-        echo "build-image: neither a running Docker daemon nor podman found" >&2
-        exit 1
-    fi
-}
-engine=$(container_engine)
+source "$here/image-common.sh"
 
 build_args=()
 if [[ -n ${PYTHON_IMAGE:-} ]]; then

@@ -17,24 +17,7 @@
 # Exit status 0 when every check passed.
 set -euo pipefail
 
-registry=${REGISTRY:-ghcr.io/example}
-tag=${TAG:-0.1.0}
-queueproxy_image=${QUEUEPROXY_IMAGE:-$registry/queueproxy:$tag}
-sampleapp_image=${SAMPLEAPP_IMAGE:-$registry/sampleapp:$tag}
-
-container_engine() {
-    if [[ -n ${CONTAINER_ENGINE:-} ]]; then
-        echo "$CONTAINER_ENGINE"
-    elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then
-        echo docker
-    elif command -v podman >/dev/null; then
-        echo podman
-    else
-        echo "smoke-image: neither a running Docker daemon nor podman found" >&2
-        exit 1
-    fi
-}
-engine=$(container_engine)
+source "$(cd "$(dirname "$0")" && pwd)/image-common.sh"
 read -r -a run_opts <<<"${RUN_OPTS:-}"
 
 pod=qp-smoke-$$

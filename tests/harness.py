@@ -34,6 +34,17 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM, then the exit code; SIGKILL (and -9) if it does not exit within `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
 def knative_env(user_port: int, serving_port: int, **overrides: str) -> dict[str, str]:
     """The environment Knative's reconciler gives the queue-proxy container (§2.1)."""
     env = {
@@ -90,13 +101,7 @@ class Process:
         return int(self.env[name])
 
     def terminate(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        return stop_process(self.proc, timeout)
 
     def output(self) -> str:
         out = self.proc.stdout.read() if self.proc.stdout else ""

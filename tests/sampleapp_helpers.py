@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import ROOT, free_port, stop_process
+
 APP_VARIABLES = (
     "TARGET",
     "PORT",
@@ -30,12 +30,6 @@ PATTERN_ALPHABET = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 def expected_pattern(size: int) -> bytes:
     """Byte k is PATTERN_ALPHABET[k % 63]."""
     return (PATTERN_ALPHABET * (size // len(PATTERN_ALPHABET) + 1))[:size]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def app_environment(**env: str) -> dict[str, str]:
@@ -66,15 +60,10 @@ class RunningApp:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then the exit code (SIGKILL if it ignores the signal)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+        """SIGTERM, then the exit code; an app that ignores the signal fails the test."""
+        code = stop_process(self.proc, timeout)
+        assert code != -signal.SIGKILL, "the app did not exit on SIGTERM"
+        return code
 
 
 def start_app(timeout: float = 10.0, **env: str) -> RunningApp:
