@@ -69,9 +69,9 @@ class Sidecar:
                 config.revision_idle_timeout_seconds,
             ),
         )
-        # uvloop's loop.time() ticks in whole milliseconds, too coarse for request latencies;
-        # time.monotonic() reads the same CLOCK_MONOTONIC (as asyncio's loop.time() does), so
-        # the data path's loop.time() stamps and these readings share one time line.
+        # uvloop's loop.time() ticks in whole milliseconds, too coarse for request latencies:
+        # statistics, metrics and logs use time.monotonic(), as the data path's request stamps
+        # do (timers stay on loop.time(); both read CLOCK_MONOTONIC).
         self.stats = RequestStats(time.monotonic())
         self.snapshot = StatSnapshot(
             namespace=config.serving_namespace,
