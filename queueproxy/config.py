@@ -121,6 +121,7 @@ class Config:
     user_metrics_port: int
     drain_quiet_period: float
     certs_dir: str
+    cert_reload_seconds: float  # QUEUEPROXY_CERT_RELOAD_SECONDS: how often TLS files are re-read
 
 
 # --- Scalar parsers: text -> value, or ValueError whose message shows the text ---------------
@@ -444,6 +445,7 @@ OUR_VARIABLES: tuple[tuple[str, str, Parser, Any], ...] = (
     ("user_metrics_port", "QUEUEPROXY_USER_METRICS_PORT", parse_port, 9091),
     ("drain_quiet_period", "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS", parse_seconds, 30.0),
     ("certs_dir", "QUEUEPROXY_CERTS_DIR", str, DEFAULT_CERTS_DIR),
+    ("cert_reload_seconds", "QUEUEPROXY_CERT_RELOAD_SECONDS", _float_within(0.01, math.inf), 60.0),
 )
 
 

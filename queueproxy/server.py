@@ -29,6 +29,7 @@ from queueproxy.requestlog import LineWriter, RequestLogger
 from queueproxy.stats import RequestStats
 from queueproxy.statwire import StatSnapshot
 from queueproxy.timeouts import TimeoutRules
+from queueproxy.tls import CertificateWatcher, build_context, tls_enabled
 from queueproxy.usermetrics import UserMetrics, build_user_metrics
 
 # Knative's upstream keep-alive pool: CC idle connections, or 1000 when unlimited (§9.2).
@@ -95,6 +96,7 @@ class Sidecar:
             self.prober.probe_future, self.drainer, self.observer.probe_answered
         )
         self.servers: list[asyncio.Server] = []
+        self.cert_watcher: CertificateWatcher | None = None
         self.sigterm = asyncio.Event()
         self.ticker: asyncio.TimerHandle | None = None
 
@@ -165,7 +167,28 @@ class Sidecar:
             self.servers.append(
                 await serve(self.loop, self.user_metrics_endpoint, host, config.user_metrics_port)
             )
+        if tls_enabled(config.certs_dir):
+            await self._start_tls(host)
         self._tick(self.loop.time())
+
+    async def _start_tls(self, host: str | None) -> None:
+        """The same data path over TLS on 8112; the admin port stays plain HTTP (§1, §11)."""
+        config = self.config
+        context = build_context(config, self.log)
+        self.cert_watcher = CertificateWatcher(
+            context, config.certs_dir, config.cert_reload_seconds, self.loop, self.log
+        )
+        self.servers.append(
+            await self.loop.create_server(
+                self.data_path.protocol_factory,
+                host,
+                config.queue_serving_tls_port,
+                ssl=context,
+                reuse_address=True,
+                backlog=4096,
+            )
+        )
+        self.log.info(f"TLS on :{config.queue_serving_tls_port} with {config.certs_dir}")
 
     def _tick(self, due: float) -> None:
         """Cut the statistics window every second (§4.1) and refresh the Date header."""
@@ -243,6 +266,8 @@ class Sidecar:
         self.data_path.pool.close()
         if self.ticker is not None:
             self.ticker.cancel()
+        if self.cert_watcher is not None:
+            self.cert_watcher.stop()
         self.log.info("shutdown complete")
 
 
@@ -261,7 +286,7 @@ async def _serve(config: Config) -> int:
     try:
         await sidecar.start()
     except OSError as error:
-        print(f"queueproxy: cannot listen: {error}", file=sys.stderr, flush=True)
+        print(f"queueproxy: cannot start: {error}", file=sys.stderr, flush=True)
         return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, sidecar.on_signal, signum)

@@ -94,6 +94,7 @@ EXPECTED = Config(
     user_metrics_port=9091,
     drain_quiet_period=30.0,
     certs_dir="/var/lib/knative/certs",
+    cert_reload_seconds=60.0,
 )
 
 
@@ -323,6 +324,12 @@ def test_our_variables_override_defaults() -> None:
     )
     assert config.drain_quiet_period == 0.5
     assert config.certs_dir == "/tmp/certs"
+
+
+def test_certificate_reload_interval_is_ours_and_positive() -> None:
+    assert knative(QUEUEPROXY_CERT_RELOAD_SECONDS="0.2").cert_reload_seconds == 0.2
+    with pytest.raises(ConfigError, match='QUEUEPROXY_CERT_RELOAD_SECONDS.*"0"'):
+        knative(QUEUEPROXY_CERT_RELOAD_SECONDS="0")
 
 
 def test_empty_our_variables_mean_default() -> None:
