@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,3 +172,24 @@ def raw_exchange(port: int, payload: bytes, timeout: float = 5.0) -> bytes:
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
         return b"".join(chunks)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll `condition` every 10 ms; fail the test if it is not met within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
+def run_to_exit(env: Mapping[str, str], timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """Run the sidecar with `env` until it exits by itself (start-up failures)."""
+    return subprocess.run(
+        [sys.executable, "-m", "queueproxy"],
+        env=_base_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -14,19 +14,7 @@ from queueproxy.gotemplate import (
     js_escape,
     parse,
 )
-
-# The default request-log templates, verbatim from the contract (§10).
-HEAD_TEMPLATE = (
-    '{"httpRequest": {"requestMethod": "{{.Request.Method}}", "requestUrl": '
-    '"{{js .Request.RequestURI}}", "requestSize": "{{.Request.ContentLength}}", "status": '
-    '{{.Response.Code}}, "responseSize": "{{.Response.Size}}", "userAgent": '
-    '"{{js .Request.UserAgent}}", "remoteIp": "{{js .Request.RemoteAddr}}", "serverIp": '
-    '"{{.Revision.PodIP}}", "referer": "{{js .Request.Referer}}", "latency": '
-    '"{{.Response.Latency}}s", "protocol": "{{.Request.Proto}}"}, "traceId": "{{.TraceID}}"}'
-)
-V118_TEMPLATE = HEAD_TEMPLATE.replace(
-    '"{{.TraceID}}"', '"{{index .Request.Header "X-B3-Traceid"}}"'
-)
+from tests.contract import HEAD_TEMPLATE, V118_TEMPLATE
 
 
 def sample_input(**request_overrides: object) -> SimpleNamespace:

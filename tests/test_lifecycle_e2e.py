@@ -12,7 +12,7 @@ import json
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -24,6 +24,7 @@ from tests.harness import (
     running,
     start_sampleapp,
     start_sidecar,
+    until,
 )
 
 HEALTH_CHECK = {"User-Agent": "kube-probe/1.30", "K-Network-Probe": "queue"}
@@ -104,14 +105,6 @@ async def ask(
         method, url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
     ) as response:
         return response.status, await response.text(), dict(response.headers)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 async def exit_code(process: Process, timeout: float = 10.0) -> int:

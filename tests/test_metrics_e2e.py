@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
@@ -21,7 +21,15 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Process, free_port, knative_env, running, start_sidecar, wait_for_port
+from tests.harness import (
+    Process,
+    free_port,
+    knative_env,
+    running,
+    start_sidecar,
+    until,
+    wait_for_port,
+)
 
 POD = "hello-00001-deployment-5f7c9d8b6c-x7k2p"
 # The autoscaler reads at most this many bytes of a scrape (§5.1).
@@ -80,12 +88,6 @@ async def stack(cc: int = 0, **env: str) -> AsyncIterator[tuple[Process, App]]:
     finally:
         app.release.set()
         await runner.cleanup()
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def decode(stat_pb2: ModuleType, body: bytes) -> Any:
@@ -251,16 +253,16 @@ async def test_aborted_clients_bring_concurrency_back_to_zero(stat_pb2: ModuleTy
             sock = socket.create_connection(("127.0.0.1", sidecar.port))
             sock.sendall(f"GET /work?wait=1&id={index} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             sockets.append(sock)
-        await until(lambda: app.active == 1)
+        await until(lambda: app.active == 1, timeout=10.0)
 
         # A whole window with all three in flight: waiting requests are concurrency too.
         def three_in_flight() -> bool:
             return any(abs(w.average_concurrent_requests - 3) < 1e-6 for w in windows.seen[mark:])
 
-        await until(three_in_flight)
+        await until(three_in_flight, timeout=10.0)
         for sock in reversed(sockets):  # waiters first, so none is handed the slot meanwhile
             sock.close()
-        await until(lambda: app.active == 0)
+        await until(lambda: app.active == 0, timeout=10.0)
         abort_mark = len(windows.seen)
         after = await windows.quiet()
         # The slot and the queue places are free again.

@@ -6,10 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import aiohttp
@@ -17,14 +14,15 @@ import pytest
 from aiohttp import web
 
 from tests.harness import (
-    ROOT,
     free_port,
     knative_env,
     raw_exchange,
     rss_kib,
+    run_to_exit,
     running,
     start_sampleapp,
     start_sidecar,
+    until,
 )
 
 
@@ -223,7 +221,7 @@ async def test_app_never_sees_more_than_cc_under_200_clients():
 async def test_overflow_503_is_immediate_and_queue_is_fifo():
     async with stack(cc=1) as (sidecar, recorder), aiohttp.ClientSession() as client:
         first = asyncio.ensure_future(client.get(f"{sidecar.url}/hold?wait=1&id=first"))
-        await _until(lambda: recorder.active == 1)
+        await until(lambda: recorder.active == 1)
         waiting = []
         for index in range(10):  # 10 x CC places in the queue, filled in a known order
             waiting.append(asyncio.ensure_future(client.get(f"{sidecar.url}/hold?id={index}")))
@@ -250,11 +248,11 @@ async def test_aborted_clients_leave_no_slot_or_queue_place_behind():
             sock = socket.create_connection(("127.0.0.1", sidecar.port))
             sock.sendall(f"GET /hold?wait=1&id=a{index} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             sockets.append(sock)
-        await _until(lambda: recorder.active == 2)
+        await until(lambda: recorder.active == 2)
         await asyncio.sleep(0.2)
         for sock in sockets:
             sock.close()
-        await _until(lambda: recorder.active == 0)
+        await until(lambda: recorder.active == 0)
         assert recorder.cancelled == 2  # the app saw its two requests cut off
         recorder.release.set()
         # Every slot and queue place must be free again: 2 + 20 requests all fit.
@@ -471,27 +469,12 @@ def test_bad_environment_exits_1_naming_the_variable(name, value):
     else:
         env[name] = value
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "queueproxy"],
-        env={"PATH": os.environ["PATH"], **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
+    result = run_to_exit(env)
     assert result.returncode == 1
     assert name in result.stderr
     if value is not None:
         assert value in result.stderr
     assert time.monotonic() - started < 5
-
-
-async def _until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 def _header(head: bytes, name: bytes) -> bytes:

@@ -10,18 +10,8 @@ from typing import Any
 import pytest
 
 from queueproxy.requestlog import LineWriter, RequestLogger, canonical_header_name
+from tests.contract import HEAD_TEMPLATE, V118_TEMPLATE
 
-HEAD_TEMPLATE = (
-    '{"httpRequest": {"requestMethod": "{{.Request.Method}}", "requestUrl": '
-    '"{{js .Request.RequestURI}}", "requestSize": "{{.Request.ContentLength}}", "status": '
-    '{{.Response.Code}}, "responseSize": "{{.Response.Size}}", "userAgent": '
-    '"{{js .Request.UserAgent}}", "remoteIp": "{{js .Request.RemoteAddr}}", "serverIp": '
-    '"{{.Revision.PodIP}}", "referer": "{{js .Request.Referer}}", "latency": '
-    '"{{.Response.Latency}}s", "protocol": "{{.Request.Proto}}"}, "traceId": "{{.TraceID}}"}'
-)
-V118_TEMPLATE = HEAD_TEMPLATE.replace(
-    '"{{.TraceID}}"', '"{{index .Request.Header "X-B3-Traceid"}}"'
-)
 REVISION = {
     "revision": "hello-00001",
     "namespace": "default",

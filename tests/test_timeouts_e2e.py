@@ -9,13 +9,13 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.harness import Process, free_port, knative_env, running, start_sidecar
+from tests.harness import Process, free_port, knative_env, running, start_sidecar, until
 
 TIMEOUT_BODY = "request timeout"
 
@@ -128,14 +128,6 @@ async def get(
         body = await response.text()
     elapsed = time.monotonic() - started
     return response.status, body, response.headers.get("Content-Type", ""), elapsed
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 def read_response(port: int, target: str, version: str = "1.1") -> tuple[bytes, bytes, float]:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.harness import ROOT, free_port, knative_env, running, start_sampleapp, start_sidecar
+from tests.harness import (
+    free_port,
+    knative_env,
+    run_to_exit,
+    running,
+    start_sampleapp,
+    start_sidecar,
+)
 
 
 def write_pair(ca: trustme.CA, directory: Path) -> None:
@@ -137,13 +141,6 @@ def test_unloadable_certificate_at_start_exits_1(tmp_path):
     (tmp_path / "tls.crt").write_text("not a certificate")
     (tmp_path / "tls.key").write_text("not a key")
     env = sidecar_env(free_port(), tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "queueproxy"],
-        env={"PATH": os.environ["PATH"], **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    result = run_to_exit(env)
     assert result.returncode == 1
     assert "queueproxy: cannot start" in result.stderr
