@@ -48,7 +48,6 @@ REPLAY_LIMIT = 64 * 1024
 _STRIPPED_REQUEST = frozenset(
     {b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host", b"host"}
 )
-_PROBE_AGENTS = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 # Exchange states
@@ -116,10 +115,6 @@ class DataPath:
             waiter = breaker.release()
             if waiter is not None:
                 self.admitted(waiter)  # type: ignore[arg-type]
-
-    @property
-    def active_requests(self) -> int:
-        return sum(len(c.exchanges) for c in self.connections)
 
 
 class Exchange:
