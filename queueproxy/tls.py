@@ -81,8 +81,14 @@ def build_context(config: Config, log: logging.Logger) -> ssl.SSLContext:
             log.warning(f"TLS curve preferences {ignored} ignored: Python sets a single curve")
     context.set_alpn_protocols(["http/1.1"])
     certs = Path(config.certs_dir)
-    context.load_cert_chain(certs / CERT_FILE, certs / KEY_FILE)
+    context.load_cert_chain(certs / CERT_FILE, certs / KEY_FILE, password=_no_password)
     return context
+
+
+def _no_password() -> bytes:
+    # Without a callback OpenSSL asks the terminal for an encrypted key's passphrase and blocks;
+    # Go's LoadX509KeyPair does not decrypt keys either, so such a key simply fails to load.
+    return b""
 
 
 def pair_digest(cert: bytes, key: bytes) -> str:
@@ -125,7 +131,11 @@ class CertificateWatcher:
         digest = self._read_digest()
         if digest is not None and digest != self.digest:
             try:
-                self.context.load_cert_chain(self.cert_path, self.key_path)
+                # A failed load_cert_chain leaves a context half-changed (new certificate, no
+                # matching key: every later handshake fails), so the pair must load elsewhere first.
+                scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                scratch.load_cert_chain(self.cert_path, self.key_path, password=_no_password)
+                self.context.load_cert_chain(self.cert_path, self.key_path, password=_no_password)
             except (OSError, ssl.SSLError) as error:
                 self.log.error(f"new TLS certificate not loaded, keeping the old one: {error}")
             else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import logging
 import socket
 import ssl
 import time
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from queueproxy.config import load
+from queueproxy.tls import CertificateWatcher, build_context
 from tests.harness import (
     free_port,
     knative_env,
@@ -144,3 +148,43 @@ def test_unloadable_certificate_at_start_exits_1(tmp_path):
     result = run_to_exit(env)
     assert result.returncode == 1
     assert "queueproxy: cannot start" in result.stderr
+
+
+def _handshake(server_context: ssl.SSLContext, ca: trustme.CA) -> None:
+    """A full TLS handshake in memory against `server_context`, trusting only `ca`."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_context.wrap_bio(to_server, to_client, server_side=True)
+    client = client_context(ca).wrap_bio(to_client, to_server, server_hostname="localhost")
+    pending = [client, server]
+    for _ in range(10):
+        for side in list(pending):
+            try:
+                side.do_handshake()
+                pending.remove(side)
+            except ssl.SSLWantReadError:
+                pass
+        if not pending:
+            return
+    raise AssertionError("handshake did not finish")
+
+
+async def test_a_mismatched_new_pair_is_refused_and_the_old_one_still_served(tmp_path):
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    write_pair(old_ca, tmp_path)
+    config = load(["--local"], {"QUEUEPROXY_CERTS_DIR": str(tmp_path)})
+    log = logging.getLogger("test_tls")
+    context = build_context(config, log)
+    watcher = CertificateWatcher(context, str(tmp_path), 3600, asyncio.get_running_loop(), log)
+    try:
+        old_key = (tmp_path / "tls.key").read_bytes()
+        write_pair(new_ca, tmp_path)
+        (tmp_path / "tls.key").write_bytes(old_key)  # new certificate, old key: no pair
+        watcher._check()
+        _handshake(context, old_ca)
+        write_pair(new_ca, tmp_path)
+        watcher._check()
+        _handshake(context, new_ca)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(context, old_ca)
+    finally:
+        watcher.stop()
