@@ -10,9 +10,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -193,3 +195,18 @@ def run_to_exit(env: Mapping[str, str], timeout: float = 20.0) -> subprocess.Com
         text=True,
         timeout=timeout,
     )
+
+
+@contextlib.asynccontextmanager
+async def serve_app(application: web.Application) -> AsyncIterator[int]:
+    """Serve an aiohttp app in the test's loop on a free 127.0.0.1 port; yield the port.
+
+    Handlers are cancelled when their client goes away, so tests can see the proxy cut them."""
+    runner = web.AppRunner(application, handler_cancellation=True)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()

@@ -22,6 +22,7 @@ from tests.harness import (
     free_port,
     knative_env,
     running,
+    serve_app,
     start_sampleapp,
     start_sidecar,
     until,
@@ -62,15 +63,11 @@ class AppDouble:
 async def app_double(app: AppDouble) -> AsyncIterator[int]:
     application = web.Application()
     application.router.add_route("*", "/{tail:.*}", app.handle)
-    runner = web.AppRunner(application, handler_cancellation=True)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield port
-    finally:
-        app.release.set()
-        await runner.cleanup()
+    async with serve_app(application) as port:
+        try:
+            yield port
+        finally:
+            app.release.set()
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.harness import Process, free_port, knative_env, running, start_sidecar
+from tests.harness import Process, free_port, knative_env, running, serve_app, start_sidecar
 
 POD = "hello-00001-deployment-5f7c9d8b6c-x7k2p"
 POD_IP = "10.0.3.7"
@@ -43,17 +43,11 @@ async def work(request: web.Request) -> web.Response:
 async def stack(**env: str) -> AsyncIterator[Process]:
     web_app = web.Application()
     web_app.router.add_route("*", "/work", work)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    app_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", app_port).start()
-    try:
+    async with serve_app(web_app) as app_port:
         settings = knative_env(app_port, free_port(), SERVING_POD=POD, SERVING_POD_IP=POD_IP, **env)
         sidecar = await asyncio.to_thread(start_sidecar, settings)
         with running(sidecar):
             yield sidecar
-    finally:
-        await runner.cleanup()
 
 
 async def run_and_collect(

@@ -26,6 +26,7 @@ from tests.harness import (
     free_port,
     knative_env,
     running,
+    serve_app,
     start_sidecar,
     until,
     wait_for_port,
@@ -72,22 +73,18 @@ async def stack(cc: int = 0, **env: str) -> AsyncIterator[tuple[Process, App]]:
     app = App()
     web_app = web.Application()
     web_app.router.add_route("*", "/work", app.work)
-    runner = web.AppRunner(web_app, handler_cancellation=True)
-    await runner.setup()
-    app_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", app_port).start()
-    try:
-        settings = knative_env(
-            app_port, free_port(), CONTAINER_CONCURRENCY=str(cc), SERVING_POD=POD, **env
-        )
-        sidecar = await asyncio.to_thread(start_sidecar, settings)
-        with running(sidecar):
-            metrics_port = sidecar.port_of("QUEUEPROXY_METRICS_PORT")
-            await asyncio.to_thread(wait_for_port, metrics_port, 10.0, sidecar.proc)
-            yield sidecar, app
-    finally:
-        app.release.set()
-        await runner.cleanup()
+    async with serve_app(web_app) as app_port:
+        try:
+            settings = knative_env(
+                app_port, free_port(), CONTAINER_CONCURRENCY=str(cc), SERVING_POD=POD, **env
+            )
+            sidecar = await asyncio.to_thread(start_sidecar, settings)
+            with running(sidecar):
+                metrics_port = sidecar.port_of("QUEUEPROXY_METRICS_PORT")
+                await asyncio.to_thread(wait_for_port, metrics_port, 10.0, sidecar.proc)
+                yield sidecar, app
+        finally:
+            app.release.set()
 
 
 def decode(stat_pb2: ModuleType, body: bytes) -> Any:

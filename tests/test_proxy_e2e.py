@@ -20,6 +20,7 @@ from tests.harness import (
     rss_kib,
     run_to_exit,
     running,
+    serve_app,
     start_sampleapp,
     start_sidecar,
     until,
@@ -127,17 +128,12 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def upstream_app(recorder: Recorder, **kwargs):
-    runner = web.AppRunner(recorder.app(), handler_cancellation=True, **kwargs)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        yield port
-    finally:
-        recorder.release.set()
-        await runner.cleanup()
+async def upstream_app(recorder: Recorder):
+    async with serve_app(recorder.app()) as port:
+        try:
+            yield port
+        finally:
+            recorder.release.set()
 
 
 @contextlib.asynccontextmanager

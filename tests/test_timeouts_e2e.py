@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.harness import Process, free_port, knative_env, running, start_sidecar, until
+from tests.harness import Process, free_port, knative_env, running, serve_app, start_sidecar, until
 
 TIMEOUT_BODY = "request timeout"
 
@@ -104,19 +104,13 @@ async def stack(cc: int = 0, **env: str) -> AsyncIterator[tuple[Process, SlowApp
     application.router.add_get("/fixed", app.fixed)
     application.router.add_post("/upload", app.upload)
     application.router.add_get("/big", app.big)
-    runner = web.AppRunner(application, handler_cancellation=True)
-    await runner.setup()
-    app_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", app_port).start()
-    try:
+    async with serve_app(application) as app_port:
         sidecar = await asyncio.to_thread(
             start_sidecar,
             knative_env(app_port, free_port(), CONTAINER_CONCURRENCY=str(cc), **env),
         )
         with running(sidecar):
             yield sidecar, app
-    finally:
-        await runner.cleanup()
 
 
 async def get(
