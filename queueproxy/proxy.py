@@ -1,57 +1,89 @@
-"""The data path: HTTP/1.x from the main port to the user container (contract §3, §7.1, §9, §10).
+"""The data path: HTTP/1.x from the main port to the user container.
 
-Built on asyncio Protocols and httptools (llhttp) instead of a framework, because a request
-through aiohttp's server and client costs ~5x the CPU (see README, design notes). Reading order:
+Built on asyncio Protocols instead of a framework, because a request through aiohttp's server and
+client costs ~5x the CPU (see docs/design.md). Reading order:
 
 - `DataPath`: what every connection shares (breaker, upstream pool, statistics, hooks).
-- `ClientConnection`: one inbound connection; parses requests, answers probes and errors itself,
-  keeps pipelined requests in order.
+- `ClientConnection`: one inbound connection; finds request heads and bodies with `h1` (every
+  framing rule is there), answers probes and errors itself, and serves one request at a time.
 - `Exchange`: one request/response cycle through the breaker to the app.
-- `UpstreamConnection` / `UpstreamPool`: keep-alive connections to 127.0.0.1:$USER_PORT.
+- `upstream.UpstreamConnection` / `UpstreamPool`: keep-alive connections to 127.0.0.1:$USER_PORT.
 
-No task or timer is created per request on the fast path: parser callbacks drive everything, and
+Rules that keep one client's bytes from becoming another request:
+
+- A request is framed once, by `h1.parse_request_head`, and sent on framed by that same decision
+  (our own Content-Length or chunked encoding, never the client's framing fields as sent).
+- One request at a time per connection: while a request is being answered, bytes that follow it
+  stay unparsed in a buffer and reading stops, so a pipelined backlog is bounded by one read plus
+  the socket buffer, and bytes after an `Upgrade` request reach the app only after its `101`.
+- A malformed request is answered (400, 414, 431, 501, 505, 405) and the connection closed: the
+  stream cannot be trusted after it. A body that turns out malformed after its head went upstream
+  aborts the upstream request.
+
+No task or timer is created per request on the fast path: `data_received` drives everything, and
 an upstream connection is only dialled (one task) when the pool has none idle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-from collections import deque
-from collections.abc import Callable
 from time import monotonic
 from typing import Protocol
 
-import httptools
-
 from queueproxy.breaker import Admission, Breaker
+from queueproxy.h1 import (
+    CHUNKED,
+    FORBIDDEN_TRAILERS,
+    IDEMPOTENT_METHODS,
+    LENGTH,
+    NO_BODY,
+    PROTECTED_FIELDS,
+    BodyReader,
+    ProtocolError,
+    RequestHead,
+    ResponseHead,
+    body_reader,
+    check_partial_head,
+    find_head_end,
+    parse_request_head,
+    skip_empty_lines,
+)
 from queueproxy.http11 import (
     DATE,
     HIGH_WATER,
     HOP_BY_HOP,
-    MAX_HEADER_BYTES,
     READ_HEADER_TIMEOUT,
-    connection_tokens,
     simple_response,
     status_line,
 )
 from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer, TimeoutRules
+from queueproxy.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("queueproxy")
 
 QUEUE_FULL_BODY = b"pending request queue full\n"
-# Bodies up to this size are kept until the first response byte, so a request that met a
-# keep-alive connection the app had just closed can be sent again on a fresh one.
+# Bodies up to this size are kept until the first response byte, so an idempotent request that
+# met a keep-alive connection the app had just closed can be sent again on a fresh one.
 REPLAY_LIMIT = 64 * 1024
 
 _STRIPPED_REQUEST = frozenset(
-    {b"knative-serving-revision", b"knative-serving-namespace", b"k-original-host", b"host"}
+    {
+        b"knative-serving-revision",
+        b"knative-serving-namespace",
+        b"k-original-host",
+        b"host",
+        b"content-length",
+    }
 )
-_NO_BODY_STATUSES = frozenset({204, 304})
+_IDEMPOTENCY_KEYS = (b"idempotency-key", b"x-idempotency-key")
 
 # Exchange states
 WAITING, QUEUED, CONNECTING, ACTIVE, TUNNEL, DONE = range(6)
+# Reasons to stop reading from the client (a bit set)
+_BODY_BACKLOG, _ANSWERING, _UPSTREAM_FULL = 1, 2, 4
+# Response framing towards an HTTP/1.0 client that gets a body of unknown length: until close.
+UNTIL_CLOSE_CLIENT = 5
 
 
 class Observer(Protocol):
@@ -65,7 +97,7 @@ class Observer(Protocol):
 
 
 class LocalResponder(Protocol):
-    """Answers health checks and network probes without the app (contract §7.1)."""
+    """Answers health checks and network probes without the app (`health.HealthResponder`)."""
 
     def answer(self, conn: ClientConnection, exchange: Exchange) -> bool:
         """Answer `exchange` locally and return True, or return False to proxy it."""
@@ -131,7 +163,7 @@ class Exchange:
         "proxied",
         "keep_alive",
         "upgrade",
-        "request_body",
+        "retryable",
         "head",
         "body_chunked",
         "body",
@@ -153,21 +185,21 @@ class Exchange:
         "dispatched_at",
     )
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: ClientConnection, request: RequestHead) -> None:
         self.conn = conn
-        self.method = b""
-        self.target = b""
-        self.version = b"1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = request.method
+        self.target = request.target
+        self.version = request.version
+        self.headers = request.headers
         self.user_agent = b""
         self.network_probe: bytes | None = None
         self.proxied = False
-        self.keep_alive = True
-        self.upgrade = False
-        self.request_body = False
+        self.keep_alive = request.keep_alive
+        self.upgrade = b""  # the protocols offered to the app, when it may switch
+        self.retryable = request.method in IDEMPOTENT_METHODS
         self.head = b""
-        self.body_chunked = False
-        # Request body chunks not yet written upstream (waiting for a slot or a connection).
+        self.body_chunked = request.framing == CHUNKED
+        # Request body not yet written upstream (waiting for a slot or a connection).
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.request_done = False
@@ -180,10 +212,9 @@ class Exchange:
         self.status = 0
         self.response_started = False
         self.response_bytes = 0
-        # b"length", b"chunked", b"close" (HTTP/1.0 client without length) or b"none"
-        self.response_framing = b"none"
+        self.response_framing = NO_BODY  # how the response is framed towards the client
         self.response_length = -1  # the app's Content-Length, when it framed the body so
-        self.request_length = -1
+        self.request_length = request.length if request.framing == LENGTH else -1
         self.replay_bytes = 0
         self.counted = False  # reported to the observer (probes and local answers are not)
         self.dispatched_at = 0.0  # when it left the queue for the app
@@ -203,21 +234,22 @@ class ClientConnection(asyncio.Protocol):
         self.path = path
         self.loop = path.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
         self.client_ip = b""
         self.remote_addr = b""
-        # Pipelined requests, oldest first; the head of the deque owns the response stream.
-        self.exchanges: deque[Exchange] = deque()
-        self.current: Exchange | None = None  # the request being parsed
-        self.header_bytes = 0
-        self.url = b""
-        self.rejection: tuple[int, bytes] | None = None
-        self.reading_paused = 0  # bit set of reasons, see _pause_reading
+        # Received and not yet parsed: an incomplete head, or what follows the request being
+        # answered. Bounded by h1.MAX_HEAD_BYTES plus one read, because reading stops meanwhile.
+        self.buffer = bytearray()
+        self.scanned = 0  # how much of an incomplete head has been searched
+        self.line_checked = False  # the incomplete head's request line was validated
+        self.exchange: Exchange | None = None  # the request being answered
+        self.reader: BodyReader | None = None  # its body, while it is still arriving
+        self.processing = False
+        self.reading_paused = 0  # bit set of reasons
         self.writing_paused = False
         self.closed = False
         self.tunnel_upstream: UpstreamConnection | None = None
         # One timer per connection, re-armed lazily (never cancelled per request): it enforces
-        # the head exchange's timeouts and the deadline for a request head to arrive.
+        # the exchange's timeouts and the deadline for a request head to arrive.
         self.timer = RequestTimer(path.timeout_rules)
         self.timer_handle: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
@@ -244,9 +276,12 @@ class ClientConnection(asyncio.Protocol):
         if self.timer_handle is not None:
             self.timer_handle.cancel()
             self.timer_handle = None
-        for exchange in list(self.exchanges):
+        exchange = self.exchange
+        if exchange is not None:
             self._abandon(exchange)
-        self.exchanges.clear()
+        self.exchange = None
+        self.reader = None
+        self.buffer = bytearray()
         if self.tunnel_upstream is not None:
             self.tunnel_upstream.abort()
 
@@ -256,15 +291,14 @@ class ClientConnection(asyncio.Protocol):
             if self.path.track_writes:
                 self.timer.wrote(self.loop.time())
             return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade_received(data[upgrade.args[0] :])
-        except httptools.HttpParserCallbackError:
-            status, reason = self.rejection or (400, b"Bad Request")
-            self._reject(status, reason)
-        except httptools.HttpParserError as error:
-            self._reject(400, b"Bad Request: " + str(error).encode())
+        if self.closed:
+            return
+        buffer = self.buffer
+        if buffer:
+            buffer += data
+            self._process(buffer)
+        else:
+            self._process(data)
 
     def eof_received(self) -> bool | None:
         # Like Go's server, a client that shuts its side is gone: its requests are cancelled.
@@ -272,113 +306,159 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        if self.exchanges and self.exchanges[0].upstream is not None:
-            self.exchanges[0].upstream.pause_reading()
+        exchange = self.exchange
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.pause_reading()
         if self.tunnel_upstream is not None:
             self.tunnel_upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.exchanges and self.exchanges[0].upstream is not None:
-            self.exchanges[0].upstream.resume_reading()
+        exchange = self.exchange
+        if exchange is not None and exchange.upstream is not None:
+            exchange.upstream.resume_reading()
         if self.tunnel_upstream is not None:
             self.tunnel_upstream.resume_reading()
 
-    # -- Parser callbacks ----------------------------------------------------------------------
+    # -- Reading requests ----------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.current = Exchange(self)
-        self.header_bytes = 0
-        self.url = b""
+    def _process(self, data: bytes | bytearray) -> None:
+        """Parse what `data` holds: the current request's body, then (when it has been answered)
+        the next request head. What is left over is kept in `self.buffer`."""
+        self.processing = True
+        pos = 0
+        try:
+            while not self.closed:
+                reader = self.reader
+                if reader is not None:
+                    exchange = self.exchange
+                    assert exchange is not None
+                    chunks, pos = reader.read(data, pos)  # type: ignore[arg-type]
+                    chunked = exchange.body_chunked
+                    for chunk in chunks:
+                        # Re-framed by our decision; extensions and the client's sizes are gone.
+                        self._send_body(
+                            exchange, b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+                        )
+                    if not reader.done:
+                        break
+                    self.reader = None
+                    self._request_complete(exchange, reader.trailers)
+                    continue
+                if self.exchange is not None or pos >= len(data):
+                    break  # answering: what follows waits (reading stops below)
+                pos = self._read_head(data, pos)
+                if pos < 0:
+                    return
+        except ProtocolError as error:
+            self._protocol_error(error)
+            return
+        finally:
+            self.processing = False
+        if self.closed:
+            return
+        self._keep(data, pos)
+        if self.buffer and self.exchange is not None and self.reader is None:
+            self._pause_reading(_ANSWERING)
+
+    def _read_head(self, data: bytes | bytearray, pos: int) -> int:
+        """Parse a request head at `pos` and start its exchange; -1 when it is incomplete (the
+        rest of `data` is then kept)."""
+        start = skip_empty_lines(data, pos)
+        if start >= len(data):
+            return start
         if not self.header_deadline:
             # Later heads on a kept-alive connection: the minute counts from their first byte.
             self.header_deadline = self.loop.time() + self.path.read_header_timeout
             self._arm(self.header_deadline)
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        self.header_bytes += len(url)
-        if self.header_bytes > MAX_HEADER_BYTES:
-            self.rejection = (431, b"Request Header Fields Too Large")
-            raise ValueError("request target too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        exchange = self.current
-        assert exchange is not None
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > MAX_HEADER_BYTES:
-            self.rejection = (431, b"Request Header Fields Too Large")
-            raise ValueError("header block too large")
-        exchange.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        exchange = self.current
-        assert exchange is not None
+        end = find_head_end(data, start, self.scanned)
+        if end < 0:
+            self.line_checked = check_partial_head(data, start, self.scanned, self.line_checked)
+            self._keep(data, start)
+            self.scanned = len(self.buffer)
+            return -1
+        request = parse_request_head(bytes(data[start:end]))
+        self.scanned = 0
+        self.line_checked = False
         self.header_deadline = 0.0
-        parser = self.parser
-        exchange.method = parser.get_method()
-        exchange.target = self.url
-        exchange.version = parser.get_http_version().encode()
-        exchange.keep_alive = parser.should_keep_alive()
-        exchange.upgrade = parser.should_upgrade()
-        self._build_upstream_head(exchange)
-        self.exchanges.append(exchange)
-        if len(self.exchanges) == 1:
-            self._start(exchange)
-        else:
-            # Pipelined: it waits its turn; stop reading until the ones before it are answered.
-            self._pause_reading(4)
+        self._begin(request)
+        return end
 
-    def on_body(self, body: bytes) -> None:
-        exchange = self.current
-        if exchange is None or exchange.state == DONE:
-            return
-        if exchange.body_chunked:
-            body = b"%x\r\n%s\r\n" % (len(body), body)
-        self._send_body(exchange, body)
+    def _keep(self, data: bytes | bytearray, pos: int) -> None:
+        buffer = self.buffer
+        if data is buffer:
+            if pos:
+                del buffer[:pos]
+        elif pos < len(data):
+            buffer += memoryview(data)[pos:]
 
-    def on_message_complete(self) -> None:
-        exchange = self.current
-        self.current = None
-        if exchange is None or exchange.state == DONE:
-            return
+    def _begin(self, request: RequestHead) -> None:
+        exchange = Exchange(self, request)
+        self.exchange = exchange
+        self._build_upstream_head(exchange, request)
+        self.reader = body_reader(request.framing, request.length)
+        if self.reader is None:
+            exchange.request_done = True
+        self._start(exchange)
+
+    def _request_complete(self, exchange: Exchange, trailers: list[tuple[bytes, bytes]]) -> None:
         exchange.request_done = True
+        if exchange.state == DONE:
+            return
         if exchange.body_chunked:
-            self._send_body(exchange, b"0\r\n\r\n")
+            tail = b"".join(
+                name + b": " + value + b"\r\n"
+                for name, value in trailers
+                if name.lower() not in FORBIDDEN_TRAILERS
+            )
+            self._send_body(exchange, b"0\r\n" + tail + b"\r\n")
+
+    def _protocol_error(self, error: ProtocolError) -> None:
+        """A request that cannot be trusted: answer it if nothing is on the wire yet, then close."""
+        exchange = self.exchange
+        self.reader = None
+        self.buffer = bytearray()
+        if exchange is None:
+            self._reject(error.status, error.reason.encode())
+            return
+        upstream = exchange.upstream
+        if upstream is not None:
+            upstream.abort()  # the app must not complete a request we could not frame
+            exchange.upstream = None
+        exchange.keep_alive = False
+        if exchange.response_started or exchange.state == TUNNEL:
+            self._finish(exchange)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self.respond_locally(exchange, error.status, error.reason.encode() + b"\n")
 
     # -- Request side --------------------------------------------------------------------------
 
-    def _build_upstream_head(self, exchange: Exchange) -> None:
-        """Apply the header rules of §9.2/§10 and render the request head for the app."""
-        host = b""
+    def _build_upstream_head(self, exchange: Exchange, request: RequestHead) -> None:
+        """Apply Knative's header rules (`pkg/http/header.go`, `pkg/queue/forwarded_shim.go`,
+        Go's `httputil.ReverseProxy`) and render the request head for the app."""
         original_host = b""
         xff: list[bytes] = []
         xfp = xfh = b""
         forwarded = False
-        connection: set[bytes] = set()
-        content_length = None
-        chunked = False
         te_trailers = False
-        upgrade_value = b""
+        # Fields named in Connection are hop-by-hop, except those that frame or route the
+        # message: those are rendered below from the framing decision, never dropped.
+        named = request.connection - PROTECTED_FIELDS if request.connection else None
         kept: list[bytes] = []
         append = kept.append
-        for name, value in exchange.headers:
+        for name, value in request.headers:
             lname = name.lower()
             if lname in HOP_BY_HOP:
-                if lname == b"connection":
-                    connection |= connection_tokens(value)
-                elif lname == b"transfer-encoding":
-                    chunked = True
-                elif lname == b"te":
+                if lname == b"te":
                     te_trailers = te_trailers or b"trailers" in value.lower()
-                elif lname == b"upgrade":
-                    upgrade_value = value
                 continue
             if lname in _STRIPPED_REQUEST:
-                if lname == b"host":
-                    host = value
-                elif lname == b"k-original-host":
+                if lname == b"k-original-host":
                     original_host = value
+                continue
+            if named is not None and lname in named:
                 continue
             if lname == b"user-agent":
                 exchange.user_agent = value
@@ -386,8 +466,6 @@ class ClientConnection(asyncio.Protocol):
                 exchange.network_probe = value
             elif lname == b"k-proxy-request":
                 exchange.proxied = value == b"activator"
-            elif lname == b"content-length":
-                content_length = value
             elif lname == b"x-forwarded-for":
                 xff.append(value)
                 continue
@@ -397,28 +475,32 @@ class ClientConnection(asyncio.Protocol):
                 xfh = value
             elif lname == b"forwarded":
                 forwarded = True
+            elif lname in _IDEMPOTENCY_KEYS:
+                exchange.retryable = True
             append(name + b": " + value + b"\r\n")
-        if connection:
-            kept = [line for line in kept if line.split(b":", 1)[0].lower() not in connection]
-        if original_host:
-            host = original_host
-        if not host:
-            host = self.path.upstream_host_header
+        host = original_host or request.host or self.path.upstream_host_header
         if not forwarded and (xff or xfp or xfh):
-            kept.append(b"Forwarded: " + forwarded_value(xff, xfp, xfh) + b"\r\n")
+            append(b"Forwarded: " + forwarded_value(xff, xfp, xfh) + b"\r\n")
         xff.append(self.client_ip)
-        kept.append(b"X-Forwarded-For: " + b", ".join(xff) + b"\r\n")
+        append(b"X-Forwarded-For: " + b", ".join(xff) + b"\r\n")
         if te_trailers:
-            kept.append(b"Te: trailers\r\n")
-        if exchange.upgrade and upgrade_value:
-            kept.append(b"Connection: Upgrade\r\nUpgrade: " + upgrade_value + b"\r\n")
-        if chunked:
-            kept.append(b"Transfer-Encoding: chunked\r\n")
-            exchange.body_chunked = True
-            exchange.request_body = True
-        elif content_length is not None:
-            exchange.request_length = int(content_length)
-            exchange.request_body = exchange.request_length > 0
+            append(b"Te: trailers\r\n")
+        if request.upgrade:
+            # h2c is declined (the upgrade is not offered to the app): HTTP/2 is not served yet,
+            # and the request is answered over HTTP/1.1, as RFC 9110 §7.8 allows.
+            offered = b", ".join(
+                p.strip(b" \t")
+                for p in request.upgrade.split(b",")
+                if p.strip(b" \t") and p.strip(b" \t").lower() != b"h2c"
+            )
+            if offered:
+                exchange.upgrade = offered
+                append(b"Connection: Upgrade\r\nUpgrade: " + offered + b"\r\n")
+        framing = request.framing
+        if framing == CHUNKED:
+            append(b"Transfer-Encoding: chunked\r\n")
+        elif framing == LENGTH or exchange.header(b"content-length") is not None:
+            append(b"Content-Length: %d\r\n" % request.length)
         exchange.head = b"".join(
             (
                 exchange.method,
@@ -431,11 +513,9 @@ class ClientConnection(asyncio.Protocol):
                 b"\r\n",
             )
         )
-        if not exchange.request_body and not exchange.upgrade:
-            exchange.request_done = True
 
     def _start(self, exchange: Exchange) -> None:
-        """The exchange is at the head of the line: answer it locally or send it to the app."""
+        """A request head arrived: answer it locally or send it to the app."""
         path = self.path
         # Latencies use the full-precision clock; uvloop's loop.time() ticks in milliseconds.
         exchange.started_at = monotonic()
@@ -483,18 +563,23 @@ class ClientConnection(asyncio.Protocol):
         if not exchange.dispatched_at:
             exchange.dispatched_at = monotonic()
         exchange.upstream = upstream
-        upstream.exchange = exchange
-        data = [exchange.head, *exchange.body]
-        exchange.body.clear()
-        exchange.body_bytes = 0
-        payload = b"".join(data)
+        upstream.attach(exchange)
+        if exchange.body:
+            payload = b"".join((exchange.head, *exchange.body))
+            exchange.body.clear()
+            exchange.body_bytes = 0
+        else:
+            payload = exchange.head
         self._keep_for_replay(exchange, payload)
         upstream.write(payload)
-        self._resume_reading(1)
+        self._resume_reading(_BODY_BACKLOG)
         if self.writing_paused:
             upstream.pause_reading()
 
     def _send_body(self, exchange: Exchange, chunk: bytes) -> None:
+        """Send (or hold until a connection is ready) request bytes already framed for the app."""
+        if exchange.state == DONE:
+            return
         upstream = exchange.upstream
         if exchange.state == ACTIVE and upstream is not None:
             self._keep_for_replay(exchange, chunk)
@@ -503,22 +588,23 @@ class ClientConnection(asyncio.Protocol):
         exchange.body.append(chunk)
         exchange.body_bytes += len(chunk)
         if exchange.body_bytes > HIGH_WATER:
-            self._pause_reading(1)
+            self._pause_reading(_BODY_BACKLOG)
 
     @staticmethod
     def _keep_for_replay(exchange: Exchange, data: bytes) -> None:
         replay = exchange.replay
         if replay is not None:
             exchange.replay_bytes += len(data)
-            if exchange.replay_bytes > REPLAY_LIMIT:
+            if exchange.replay_bytes > REPLAY_LIMIT or not exchange.retryable:
                 exchange.replay = None
             else:
                 replay.append(data)
 
     def retry_upstream(self, exchange: Exchange) -> bool:
-        """A reused connection died before answering: send again on a fresh one if we can."""
+        """A reused connection closed before any byte of the response: send the request again on
+        a fresh connection if it is idempotent (RFC 9110 §9.2.2) and still held whole."""
         replay = exchange.replay
-        if replay is None or exchange.response_started or self.closed:
+        if replay is None or exchange.response_started or self.closed or exchange.state == DONE:
             return False
         exchange.replay = None  # one retry only
         exchange.upstream = None
@@ -530,66 +616,73 @@ class ClientConnection(asyncio.Protocol):
 
     # -- Response side -------------------------------------------------------------------------
 
-    def response_head(
-        self, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]], framing: bytes
-    ) -> None:
-        """Forward the app's response head; `framing` is how the app delimits the body."""
+    def response_head(self, exchange: Exchange, response: ResponseHead) -> None:
+        """Forward the app's response head, framed for this client (RFC 9112 §6)."""
+        status = response.status
         exchange.status = status
         exchange.response_started = True
         exchange.replay = None
-        if exchange.upgrade and status != 101:
-            exchange.keep_alive = False  # the request parser stopped at the upgrade
-        connection: set[bytes] = set()
-        lines = [status_line(exchange.version, status)]
+        version = exchange.version
+        named = response.connection - PROTECTED_FIELDS if response.connection else None
+        lines = [status_line(version, status)]
         has_date = False
-        for name, value in headers:
+        app_length: bytes | None = None
+        for name, value in response.headers:
             lname = name.lower()
             if lname in HOP_BY_HOP:
-                if lname == b"connection":
-                    connection |= connection_tokens(value)
+                continue
+            if lname == b"content-length":
+                app_length = value
+                continue
+            if named is not None and lname in named:
                 continue
             if lname == b"date":
                 has_date = True
             lines.append(name + b": " + value + b"\r\n")
-        if connection:
-            lines = [lines[0]] + [
-                line for line in lines[1:] if line.split(b":", 1)[0].lower() not in connection
-            ]
         if not has_date:
             lines.append(DATE.line)
         if self.path.track_writes:
             self.timer.wrote(self.loop.time())
+        framing = response.framing
         if status == 101:
-            lines.append(b"Connection: Upgrade\r\n")
-            for name, value in headers:
-                if name.lower() == b"upgrade":
-                    lines.append(b"Upgrade: " + value + b"\r\n")
-            exchange.response_framing = b"none"
-        elif framing == b"chunked" or framing == b"close":
-            if exchange.version == b"1.1":
-                lines.append(b"Transfer-Encoding: chunked\r\n")
-                exchange.response_framing = b"chunked"
-            else:
-                exchange.response_framing = b"close"
-                exchange.keep_alive = False
+            lines.append(b"Connection: Upgrade\r\nUpgrade: " + exchange.upgrade + b"\r\n")
+            exchange.response_framing = NO_BODY
+        elif framing == NO_BODY:
+            exchange.response_framing = NO_BODY
+            # 304 and HEAD keep the length of the representation (RFC 9110 §8.6); a 204 and a
+            # 1xx never carry one.
+            if app_length is not None and status != 204 and status >= 200:
+                lines.append(b"Content-Length: " + app_length + b"\r\n")
+        elif framing == LENGTH:
+            exchange.response_framing = LENGTH
+            exchange.response_length = response.length
+            lines.append(b"Content-Length: %d\r\n" % response.length)
+        elif version == b"1.1":
+            exchange.response_framing = CHUNKED
+            lines.append(b"Transfer-Encoding: chunked\r\n")
         else:
-            exchange.response_framing = framing
+            exchange.response_framing = UNTIL_CLOSE_CLIENT
+            exchange.keep_alive = False
+        if exchange.upgrade and status != 101 and not exchange.request_done:
+            exchange.keep_alive = False
         if status != 101:
             if not exchange.keep_alive:
                 lines.append(b"Connection: close\r\n")
-            elif exchange.version == b"1.0":
+            elif version == b"1.0":
                 lines.append(b"Connection: keep-alive\r\n")
         lines.append(b"\r\n")
         self._write(b"".join(lines))
 
-    def informational(
-        self, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        """Forward a 1xx (100 Continue, 103 Early Hints) to HTTP/1.1 clients."""
+    def informational(self, exchange: Exchange, response: ResponseHead) -> None:
+        """Forward a 1xx (100 Continue, 103 Early Hints) to an HTTP/1.1 client."""
         if exchange.version != b"1.1":
             return
-        lines = [status_line(b"1.1", status)]
-        lines += [n + b": " + v + b"\r\n" for n, v in headers if n.lower() not in HOP_BY_HOP]
+        lines = [status_line(b"1.1", response.status)]
+        lines += [
+            n + b": " + v + b"\r\n"
+            for n, v in response.headers
+            if n.lower() not in HOP_BY_HOP and n.lower() != b"content-length"
+        ]
         lines.append(b"\r\n")
         self._write(b"".join(lines))
 
@@ -597,25 +690,30 @@ class ClientConnection(asyncio.Protocol):
         exchange.response_bytes += len(chunk)
         if self.path.track_writes:
             self.timer.wrote(self.loop.time())
-        if exchange.response_framing == b"chunked":
+        if exchange.response_framing == CHUNKED:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         self._write(chunk)
 
     def response_complete(
         self, exchange: Exchange, trailers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
-        if exchange.response_framing == b"chunked":
+        if exchange.response_framing == CHUNKED:
+            tail = b""
             if trailers:
-                tail = b"".join(n + b": " + v + b"\r\n" for n, v in trailers)
-                self._write(b"0\r\n" + tail + b"\r\n")
-            else:
-                self._write(b"0\r\n\r\n")
+                tail = b"".join(
+                    n + b": " + v + b"\r\n"
+                    for n, v in trailers
+                    if n.lower() not in FORBIDDEN_TRAILERS
+                )
+            self._write(b"0\r\n" + tail + b"\r\n")
         self._finish(exchange)
 
     def upstream_failed(self, exchange: Exchange, error: str) -> None:
-        """The app could not be reached or broke off: 502 with Go's error text (§9.2)."""
+        """The app could not be reached, broke off or answered malformed: 502 with Go's error text
+        (`knative.dev/pkg/network/error_handler.go`)."""
         if exchange.state == DONE:
             return
+        exchange.upstream = None
         if exchange.response_started:
             # Part of the response is out: the only honest signal left is to cut the connection.
             exchange.keep_alive = False
@@ -623,7 +721,6 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
-        exchange.keep_alive = exchange.keep_alive and exchange.request_done
         self.respond_locally(exchange, 502, error.encode() + b"\n")
 
     def respond_locally(
@@ -634,9 +731,14 @@ class ClientConnection(asyncio.Protocol):
         extra_headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         """Answer without (or instead of) the app."""
-        if not exchange.request_done:
-            # The rest of its body would be read as a new request: close after answering.
+        if not exchange.request_done or exchange.upgrade:
+            # The rest of its body would be read as a new request: close after answering. After
+            # an upgrade request nobody knows what the client sends next.
             exchange.keep_alive = False
+        upstream = exchange.upstream
+        if upstream is not None:
+            exchange.upstream = None
+            upstream.abort()  # whatever the app still sends belongs to nobody
         exchange.status = status
         exchange.response_bytes = len(body)
         exchange.response_started = True
@@ -660,13 +762,22 @@ class ClientConnection(asyncio.Protocol):
         exchange.body.clear()
         if pending:
             upstream.write(pending)
+        if self.buffer:
+            # What the client sent after its upgrade request belongs to the new protocol.
+            upstream.write(bytes(self.buffer))
+            self.buffer = bytearray()
         if rest:
             self._write(rest)
-        self._resume_reading(1 | 2 | 4)
+        self._resume_reading(_BODY_BACKLOG | _ANSWERING | _UPSTREAM_FULL)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self._write(data)
+        if self.path.track_writes:
+            self.timer.wrote(self.loop.time())
 
     def tunnel_closed(self) -> None:
-        if self.exchanges:
-            exchange = self.exchanges[0]
+        exchange = self.exchange
+        if exchange is not None:
             exchange.keep_alive = False
             self._finish(exchange)
         if self.transport is not None:
@@ -678,8 +789,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange.state == QUEUED and self.path.breaker is not None:
             self.path.breaker.cancel(exchange)
         exchange.state = DONE
-        if self.exchanges and self.exchanges[0] is exchange:
-            self.timer.stop()
+        self.timer.stop()
         path = self.path
         path.release_slot(exchange)
         upstream = exchange.upstream
@@ -691,18 +801,14 @@ class ClientConnection(asyncio.Protocol):
                 path.observer.request_finished(exchange)
             elif exchange.dispatched_at:  # a K-Kubelet-Probe request the app answered
                 path.observer.probe_answered(exchange)
-        if self.exchanges and self.exchanges[0] is exchange:
-            self.exchanges.popleft()
-        if not exchange.keep_alive:
-            self.exchanges.clear()
-            if self.transport is not None:
-                self.transport.close()
-            self.closed = True
+        if self.exchange is exchange:
+            self.exchange = None
+        if not exchange.keep_alive or self.reader is not None:
+            self._close()
             return
-        if self.exchanges:
-            self._start(self.exchanges[0])
-        else:
-            self._resume_reading(4)
+        self._resume_reading(_ANSWERING)
+        if self.buffer and not self.processing:
+            self._process(self.buffer)
 
     def _abandon(self, exchange: Exchange) -> None:
         """The client went away: free the slot, the queue place and the upstream connection."""
@@ -711,13 +817,11 @@ class ClientConnection(asyncio.Protocol):
         upstream = exchange.upstream
         exchange.keep_alive = False
         if upstream is not None:
+            exchange.upstream = None
             upstream.abort()
-        if exchange.started_at:
-            self._finish(exchange)
-        else:
-            exchange.state = DONE
+        self._finish(exchange)
 
-    # -- Timeouts (§9.1) -----------------------------------------------------------------------
+    # -- Timeouts (pkg/http/handler/timeout.go) ------------------------------------------------
 
     def _arm(self, deadline: float | None) -> None:
         """Make sure the timer fires no later than `deadline`; an earlier firing re-arms."""
@@ -739,13 +843,12 @@ class ClientConnection(asyncio.Protocol):
         if self.header_deadline and now >= self.header_deadline:
             # A client that cannot send a request head in a minute is not a client: close.
             self.header_deadline = 0.0
-            self.current = None
-            if not self.exchanges and self.transport is not None:
-                self.closed = True
-                self.transport.close()
+            if self.exchange is None:
+                self._close()
                 return
-        if self.exchanges and self.timer.check(now) is not None:
-            self._timed_out(self.exchanges[0])
+        exchange = self.exchange
+        if exchange is not None and self.timer.check(now) is not None:
+            self._timed_out(exchange)
         if self.closed:
             return
         deadlines = [d for d in (self.timer.next_deadline(), self.header_deadline) if d]
@@ -756,6 +859,7 @@ class ClientConnection(asyncio.Protocol):
         """504 `request timeout`, or, once the response has begun, that text and a cut."""
         upstream = exchange.upstream
         if upstream is not None:
+            exchange.upstream = None
             upstream.abort()  # the app's request is cancelled and its connection not reused
         if exchange.state == TUNNEL:
             if self.tunnel_upstream is not None:
@@ -763,53 +867,40 @@ class ClientConnection(asyncio.Protocol):
             self.tunnel_closed()
             return
         if not exchange.response_started:
-            exchange.keep_alive = exchange.keep_alive and exchange.request_done
             self.respond_locally(exchange, TIMEOUT_STATUS, TIMEOUT_BODY)
             return
         tail = TIMEOUT_BODY
         framing = exchange.response_framing
-        if framing == b"chunked":
+        if framing == CHUNKED:
             tail = b"%x\r\n%s\r\n" % (len(tail), tail)
-        if framing != b"length" or exchange.response_bytes + len(tail) <= exchange.response_length:
+        if framing != LENGTH or exchange.response_bytes + len(tail) <= exchange.response_length:
             # Past a Content-Length the text would turn a truncated body into a complete-looking
             # corrupt one; Go's server refuses such a write too.
             self._write(tail)
         exchange.keep_alive = False
         self._finish(exchange)
 
-    # -- Upgrade and errors --------------------------------------------------------------------
-
-    def _upgrade_received(self, rest: bytes) -> None:
-        """The parser stopped after an `Upgrade` request head; `rest` is what followed it."""
-        # The parser has already completed the message, so it is the newest exchange.
-        exchange = self.exchanges[-1] if self.exchanges else None
-        if exchange is None or not exchange.upgrade:
-            self._reject(400, b"Bad Request: unexpected upgrade")
-            return
-        self.current = None
-        exchange.request_done = True
-        if rest:
-            exchange.body.append(rest)
-        # Nothing more is parsed on this connection; wait for the app's answer.
-        self._pause_reading(2)
+    # -- Errors and closing --------------------------------------------------------------------
 
     def _reject(self, status: int, reason: bytes) -> None:
         """Answer a malformed request and close: the stream cannot be trusted after it."""
-        self.current = None
-        if self.transport is None or self.transport.is_closing():
+        if self.transport is None or self.closed:
             return
-        for exchange in list(self.exchanges):
-            self._abandon(exchange)
-        self.exchanges.clear()
         self.transport.write(simple_response(status, reason + b"\n", keep_alive=False))
-        self.transport.close()
+        self._close()
+
+    def _close(self) -> None:
+        """Close after what has been written is delivered (asyncio flushes on close)."""
         self.closed = True
+        self.reader = None
+        self.buffer = bytearray()
+        if self.transport is not None:
+            self.transport.close()
 
     # -- Flow control --------------------------------------------------------------------------
 
     def _pause_reading(self, reason: int) -> None:
-        """Reasons: 1 body waiting for upstream, 2 upgrade pending, 4 pipelined request."""
-        if not self.reading_paused and self.transport is not None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
             self.transport.pause_reading()
         self.reading_paused |= reason
 
@@ -820,22 +911,30 @@ class ClientConnection(asyncio.Protocol):
         if not self.reading_paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
+    def upstream_writable(self, writable: bool) -> None:
+        """The app's socket buffer filled up (or drained): stop (resume) reading the client."""
+        if writable:
+            self._resume_reading(_UPSTREAM_FULL)
+        else:
+            self._pause_reading(_UPSTREAM_FULL)
+
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def shutdown(self) -> None:
         """Server shutdown: close now if idle, else after the response in progress."""
-        if not self.exchanges and self.current is None:
-            if self.transport is not None:
-                self.transport.close()
+        exchange = self.exchange
+        if exchange is None:
+            if not self.closed:
+                self._close()
             return
-        for exchange in self.exchanges:
-            exchange.keep_alive = False
+        exchange.keep_alive = False
 
 
 def forwarded_value(xff: list[bytes], xfp: bytes, xfh: bytes) -> bytes:
-    """Knative's Forwarded shim: build RFC 7239 `Forwarded` from the X-Forwarded-* headers."""
+    """Knative's Forwarded shim (`pkg/http/forwarded_shim.go`): RFC 7239 `Forwarded` from the
+    X-Forwarded-* headers."""
     nodes = [n.strip() for value in xff for n in value.split(b",") if n.strip()] or [b""]
     elements = []
     for index, node in enumerate(nodes):
@@ -849,270 +948,3 @@ def forwarded_value(xff: list[bytes], xfp: bytes, xfh: bytes) -> bytes:
                 pairs.append(b"proto=" + xfp)
         elements.append(b";".join(pairs))
     return b", ".join(element for element in elements if element)
-
-
-class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to the user container."""
-
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self.in_body = False
-        self.until_close = False
-        self.reused = False
-        self.closed = False
-        self.writing_paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.pool.forget(self)
-        exchange = self.exchange
-        self.exchange = None
-        if exchange is None:
-            return
-        conn = exchange.conn
-        if exchange.state == TUNNEL:
-            conn.tunnel_closed()
-        elif self.until_close and self.in_body:
-            conn.response_complete(exchange)
-        elif not self.in_body and self.reused and conn.retry_upstream(exchange):
-            return
-        else:
-            conn.upstream_failed(exchange, read_error(self.pool.address, exc))
-
-    def eof_received(self) -> bool | None:
-        return None  # close our side too; connection_lost does the rest
-
-    def data_received(self, data: bytes) -> None:
-        exchange = self.exchange
-        if exchange is not None and exchange.state == TUNNEL:
-            conn = exchange.conn
-            conn._write(data)
-            if conn.path.track_writes:
-                conn.timer.wrote(conn.loop.time())
-            return
-        if exchange is None:
-            # Bytes with no request outstanding: the connection is not usable any more.
-            self.abort()
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            rest = data[upgrade.args[0] :]
-            if exchange.status == 101:
-                exchange.conn.start_tunnel(exchange, self, rest)
-            else:
-                self._broken(exchange, "malformed HTTP response")
-        except httptools.HttpParserError as error:
-            self._broken(exchange, f"malformed HTTP response: {error}")
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        if self.exchange is not None:
-            self.exchange.conn._pause_reading(8)
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        if self.exchange is not None:
-            self.exchange.conn._resume_reading(8)
-
-    # -- Parser callbacks ----------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.trailers = None
-        self.in_body = False
-        self.until_close = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_body:
-            if self.trailers is None:
-                self.trailers = []
-            self.trailers.append((name, value))
-        else:
-            self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        exchange = self.exchange
-        if exchange is None:
-            return
-        status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            exchange.conn.informational(exchange, status, self.headers)
-            return
-        exchange.status = status
-        framing = b"none"
-        if status == 101:
-            framing = b"none"
-        elif exchange.method == b"HEAD" or status in _NO_BODY_STATUSES:
-            framing = b"none"
-        else:
-            for name, value in self.headers:
-                lname = name.lower()
-                if lname == b"content-length":
-                    framing = b"length"
-                    exchange.response_length = int(value)
-                elif lname == b"transfer-encoding" and b"chunked" in value.lower():
-                    framing = b"chunked"
-                    break
-            if framing == b"none":
-                framing = b"close"
-                self.until_close = True
-        self.in_body = True
-        exchange.conn.response_head(exchange, status, self.headers, framing)
-        if exchange.method == b"HEAD":
-            # llhttp cannot be told the response to HEAD has no body: it would wait for
-            # Content-Length bytes. The exchange ends here and the connection is not reused.
-            self.exchange = None
-            exchange.upstream = None
-            self.abort()
-            exchange.conn.response_complete(exchange)
-
-    def on_body(self, body: bytes) -> None:
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.conn.response_body(exchange, body)
-
-    def on_message_complete(self) -> None:
-        exchange = self.exchange
-        if exchange is None or not self.in_body:
-            return  # end of a 1xx
-        if exchange.status == 101:
-            return  # the upgrade exception follows
-        reusable = (
-            self.parser.should_keep_alive() and exchange.request_done and not self.until_close
-        )
-        self.in_body = False
-        self.exchange = None
-        exchange.upstream = None
-        # Pool first: finishing may hand the breaker slot to a waiter that wants a connection.
-        self.close_or_pool(reusable)
-        exchange.conn.response_complete(exchange, self.trailers)
-
-    # -- Helpers -------------------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
-
-    def close_or_pool(self, reusable: bool) -> None:
-        if reusable and not self.closed:
-            self.pool.release(self)
-        else:
-            self.abort()
-
-    def abort(self) -> None:
-        self.exchange = None
-        if not self.closed and self.transport is not None:
-            self.closed = True
-            self.transport.abort()
-        self.pool.forget(self)
-
-    def _broken(self, exchange: Exchange, reason: str) -> None:
-        self.exchange = None
-        self.abort()
-        exchange.conn.upstream_failed(exchange, reason)
-
-
-class UpstreamPool:
-    """Idle keep-alive connections to the app, most recently used first (§9.2)."""
-
-    # Go's dialer in Knative: first try 50 ms, x1.4 per step; we stop after ~2 s in all.
-    DIAL_TIMEOUTS = tuple(0.05 * 1.4**step for step in range(10))
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, host: str, port: int, max_idle: int
-    ) -> None:
-        self.loop = loop
-        self.host = host
-        self.port = port
-        self.address = f"{host}:{port}"
-        self.max_idle = max_idle
-        self.idle: list[UpstreamConnection] = []
-        self.dialling: set[asyncio.Task[None]] = set()
-
-    def acquire(self, exchange: Exchange) -> None:
-        idle = self.idle
-        while idle:
-            upstream = idle.pop()
-            if not upstream.closed and upstream.transport is not None:
-                if not upstream.transport.is_closing():
-                    upstream.reused = True
-                    upstream.resume_reading()
-                    exchange.conn.upstream_ready(exchange, upstream)
-                    return
-        self.dial(exchange)
-
-    def dial(self, exchange: Exchange) -> None:
-        task = self.loop.create_task(self._dial(exchange))
-        self.dialling.add(task)
-        task.add_done_callback(self.dialling.discard)
-
-    async def _dial(self, exchange: Exchange) -> None:
-        factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self)  # noqa: E731
-        error = ""
-        for timeout in self.DIAL_TIMEOUTS:
-            try:
-                _, upstream = await asyncio.wait_for(
-                    self.loop.create_connection(factory, self.host, self.port), timeout
-                )
-            except TimeoutError:
-                error = f"timed out dialing {self.address}"
-                continue
-            except OSError as exc:
-                error = dial_error(self.address, exc)
-                break
-            exchange.conn.upstream_ready(exchange, upstream)
-            return
-        exchange.conn.upstream_failed(exchange, error)
-
-    def release(self, upstream: UpstreamConnection) -> None:
-        if len(self.idle) >= self.max_idle:
-            upstream.abort()
-            return
-        upstream.reused = False
-        self.idle.append(upstream)
-
-    def forget(self, upstream: UpstreamConnection) -> None:
-        try:
-            self.idle.remove(upstream)
-        except ValueError:
-            pass
-
-    def close(self) -> None:
-        for upstream in list(self.idle):
-            upstream.abort()
-        self.idle.clear()
-        for task in self.dialling:
-            task.cancel()
-
-
-def read_error(address: str, exc: Exception | None) -> str:
-    """Go's wording when the app drops the connection: `EOF`, or the socket error."""
-    if exc is None:
-        return "EOF"
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return f"read tcp {address}: read: {reason.lower()}"
-
-
-def dial_error(address: str, exc: OSError) -> str:
-    """Go's wording for dial failures, which users grep their logs for."""
-    if exc.errno == errno.ECONNREFUSED:
-        return f"dial tcp {address}: connect: connection refused"
-    reason = exc.strerror or str(exc)
-    return f"dial tcp {address}: connect: {reason.lower()}"

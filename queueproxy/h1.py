@@ -1,0 +1,614 @@
+"""HTTP/1.1 message syntax and framing, sans-IO (RFC 9112, RFC 9110).
+
+Every decision about where a message begins and ends lives here, for both directions, so that
+the bytes the sidecar sends on are framed by the same rule that read them. Nothing in this module
+touches a socket or a clock: the data path (`proxy.py`, `upstream.py`) and the small endpoint
+server (`endpoints.py`) hand it bytes and act on what it returns, as h11 separates its readers
+from its connection state.
+
+Theory of operation:
+
+- A head is found with `find_head_end`, which scans only bytes it has not scanned before (no
+  quadratic re-scans of a slowly arriving head) and enforces `MAX_HEAD_BYTES` while the head is
+  still incomplete, so an endless header line is refused as it grows, not when it ends.
+  `check_partial_head` refuses what can already be seen to be broken (HTTP/0.9, bare LF/CR).
+- `parse_request_head` validates the whole head with one linear regular expression (no
+  backtracking: the character classes are disjoint) and decides the request's framing
+  (`BodyFraming`). It raises `ProtocolError` carrying the status to answer with (h11's
+  `error_status_hint`): 400, 405, 414, 431, 501 or 505.
+- `parse_response_head` does the same for the app's answers; errors there mean 502.
+- `ContentLengthReader`, `ChunkedReader` and `UntilCloseReader` cut a body out of a byte stream:
+  `read(data, pos)` returns the payload bytes it found and the position after them; `done` says the
+  body has ended. The chunked reader validates every size line, extension, CRLF and trailer.
+
+Strictness (RFC 9112 allows leniency in places; Go and HAProxy take some of it; we do not, because
+every leniency is a place where two parsers can disagree about a message boundary):
+
+- line ends are CRLF only (§2.2); a bare CR or LF is a 400; obs-fold is a 400 (§5.2);
+- no whitespace between a field name and its colon (§5.1), field names are tokens, values have no
+  control characters (RFC 9110 §5.5);
+- HTTP/1.1 needs exactly one Host (§3.2); HTTP/1.0 at most one;
+- Content-Length is 1*DIGIT, once (RFC 9110 §8.6: we refuse even a repeated equal value);
+- Transfer-Encoding is accepted only as exactly `chunked` (the only coding we can parse); a list
+  whose last coding is not chunked is a 400 (§6.3), a coding we do not implement a 501 (§6.1);
+  both Content-Length and Transfer-Encoding, or Transfer-Encoding in HTTP/1.0, is a 400 (§6.1);
+- methods are tokens (RFC 9110 §9.1) and any token is forwarded; CONNECT is answered 405: a
+  sidecar is not a forward proxy.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# The largest request or response head we accept, counted as bytes arrive. Go allows 1 MiB; 64 KiB
+# is what nginx and HAProxy accept by default and leaves room for 16 KiB of cookies.
+MAX_HEAD_BYTES: Final = 64 * 1024
+# A chunk-size line (size, extensions) longer than this is not a client we want to serve.
+MAX_CHUNK_LINE: Final = 4096
+# Trailer section bound: the same as a head.
+MAX_TRAILER_BYTES: Final = MAX_HEAD_BYTES
+# 2**63 - 1: what Go's strconv.ParseInt(.., 10, 64) admits for Content-Length.
+MAX_CONTENT_LENGTH: Final = (1 << 63) - 1
+
+NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
+"""Body framing (RFC 9112 §6.3): none, Content-Length bytes, chunked, or until the peer closes."""
+
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+"""Methods a proxy may send again after a connection failure, as Go's transport decides
+(`net/http` `Request.isReplayable`, RFC 9110 §9.2.2). PUT and DELETE are idempotent by definition
+but Go does not replay them without an idempotency key, and neither do we."""
+
+# RFC 9110 §5.6.2 tchar.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# A field line: token ":" then any visible character, SP, HTAB or obs-text; OWS is stripped
+# afterwards. One character class for the value keeps the match linear.
+_FIELD_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n"
+_FIELDS = re.compile(b"(?:" + _FIELD_LINE + b")*")
+_TOKEN_RE = re.compile(_TOKEN)
+# request-line = method SP request-target SP HTTP-version (RFC 9112 §3). The target is checked
+# separately against RFC 3986's characters.
+_REQUEST_LINE = re.compile(b"(" + _TOKEN + rb") ([^\x00-\x20\x7f-\xff]+) HTTP/([0-9])\.([0-9])")
+# RFC 3986 characters of origin-form and absolute-form targets; `%` must start a %XX escape.
+_TARGET = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?\[\]]|%[0-9A-Fa-f]{2})+")
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
+# Host = uri-host [ ":" port ]; reg-name, IPv4 or an IP-literal in brackets (RFC 3986 §3.2.2).
+_HOST = re.compile(
+    rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*(?::[0-9]*)?"
+    rb"|\[[0-9A-Fa-f:.vV\-]+\](?::[0-9]*)?"
+)
+_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
+_DIGITS = re.compile(rb"[0-9]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), RFC 9112 §7.1.1.
+_CHUNK_EXT = re.compile(
+    rb"(?:[ \t]*;[ \t]*[!#$%&\'*+\-.^_`|~0-9A-Za-z]+"
+    rb'(?:[ \t]*=[ \t]*(?:[!#$%&\'*+\-.^_`|~0-9A-Za-z]+|"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]'
+    rb'|\\[\t\x20-\x7e\x80-\xff])*"))?)*'
+)
+_BARE_CR_OR_LF = re.compile(rb"\r[^\n]|(?<!\r)\n")
+
+
+class ProtocolError(Exception):
+    """A message that cannot be framed or is not valid HTTP/1.1.
+
+    `status` is what to answer with (for requests: 400, 405, 414, 431, 501, 505; for responses
+    from the app the data path answers 502 whatever it is), `reason` a short text for the body.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class RequestHead:
+    """A validated request head and its framing decision.
+
+    `headers` keeps the fields in order as received (name as sent, value with OWS stripped).
+    `target` is what to send upstream (origin-form; an absolute-form target is reduced to its
+    path and query, and its authority becomes `host`, RFC 9112 §3.2.2). `length` is the body
+    length when `framing` is LENGTH. `upgrade` is the `Upgrade` value when the request asks to
+    switch protocols (HTTP/1.1, `Connection: upgrade`), else b"".
+    """
+
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "host",
+        "framing",
+        "length",
+        "keep_alive",
+        "connection",
+        "upgrade",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.version = b"1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.framing = NO_BODY
+        self.length = 0
+        self.keep_alive = True
+        self.connection: frozenset[bytes] = frozenset()
+        self.upgrade = b""
+
+
+class ResponseHead:
+    """A validated response head from the app: status, fields and framing (RFC 9112 §6.3)."""
+
+    __slots__ = ("status", "version", "headers", "framing", "length", "keep_alive", "connection")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.version = b"1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.framing = NO_BODY
+        self.length = 0
+        self.keep_alive = True
+        self.connection: frozenset[bytes] = frozenset()
+
+
+# -- Finding a head ----------------------------------------------------------------------------
+
+
+def find_head_end(buffer: bytes | bytearray, start: int, scanned: int) -> int:
+    """Where the head beginning at `start` ends (the index after its blank line), or -1.
+
+    `scanned` is how far an earlier call got (absolute index); the search resumes three bytes
+    before it so a CRLFCRLF split across reads is found and nothing is scanned twice.
+
+    Raises ProtocolError(431) when the incomplete head is already longer than MAX_HEAD_BYTES.
+    """
+    end = buffer.find(b"\r\n\r\n", max(start, scanned - 3))
+    if end >= 0:
+        if end + 4 - start > MAX_HEAD_BYTES:
+            raise ProtocolError(431, "Request Header Fields Too Large")
+        return end + 4
+    if len(buffer) - start > MAX_HEAD_BYTES:
+        first_line = buffer.find(b"\r\n", start, start + MAX_HEAD_BYTES)
+        if first_line < 0:
+            raise ProtocolError(414, "URI Too Long")
+        raise ProtocolError(431, "Request Header Fields Too Large")
+    return -1
+
+
+def check_partial_head(
+    buffer: bytes | bytearray, start: int, scanned: int, line_checked: bool
+) -> bool:
+    """Refuse an incomplete head that is already invalid, instead of waiting for its end.
+
+    A bare CR or LF can never become a valid head, and a request line followed by CRLF must be
+    complete: an HTTP/0.9 `GET /` would otherwise wait a minute for a blank line that never comes.
+    Only bytes from `scanned` on are looked at. Returns whether the request line has been checked
+    (pass True for response heads, whose status line is checked with the whole head).
+    """
+    if _BARE_CR_OR_LF.search(buffer, max(start, scanned - 1), max(len(buffer) - 1, 1)):
+        raise ProtocolError(400, "Bad Request: bare CR or LF")
+    if not line_checked:
+        # No CRLF lay before `scanned`, or the line would have been checked then.
+        line_end = buffer.find(b"\r\n", max(start, scanned - 1))
+        if line_end < 0:
+            return False
+        _parse_request_line(bytes(buffer[start:line_end]))
+    return True
+
+
+def skip_empty_lines(buffer: bytes | bytearray, start: int) -> int:
+    """RFC 9112 §2.2: a server SHOULD ignore empty lines received before a request-line."""
+    while buffer.startswith(b"\r\n", start):
+        start += 2
+    return start
+
+
+# -- Requests ----------------------------------------------------------------------------------
+
+
+def _parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        if line.count(b" ") < 2:
+            raise ProtocolError(400, "Bad Request: malformed request line (HTTP/0.9?)")
+        raise ProtocolError(400, "Bad Request: malformed request line")
+    method, target, major, minor = match.groups()
+    if major != b"1":
+        raise ProtocolError(505, "HTTP Version Not Supported")
+    # RFC 9110 §6.2: a higher minor version is answered as the highest we implement.
+    version = b"1.0" if minor == b"0" else b"1.1"
+    return method, target, version
+
+
+def parse_request_head(head: bytes) -> RequestHead:
+    """Validate a request head (request-line through the blank line) and decide its framing.
+
+    Raises ProtocolError with the status to answer: 400 malformed, 405 CONNECT, 501 a transfer
+    coding we do not implement, 505 a major version other than 1.
+    """
+    line_end = head.find(b"\r\n")
+    method, target, version = _parse_request_line(head[:line_end])
+    fields_start = line_end + 2
+    if _FIELDS.fullmatch(head, fields_start, len(head) - 2) is None:
+        raise ProtocolError(400, "Bad Request: malformed header field")
+    request = RequestHead()
+    request.method = method
+    request.version = version
+    if method == b"CONNECT":
+        raise ProtocolError(405, "Method Not Allowed: CONNECT")
+    request.target, target_host = _origin_form(method, target)
+
+    headers = request.headers
+    host: bytes | None = None
+    hosts = 0
+    content_length: bytes | None = None
+    lengths = 0
+    transfer_encoding: list[bytes] | None = None
+    connection: list[bytes] | None = None
+    upgrade = b""
+    for line in head[fields_start:-4].split(b"\r\n") if len(head) > fields_start + 2 else ():
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
+        headers.append((name, value))
+        lname = name.lower()
+        if lname == b"host":
+            host = value
+            hosts += 1
+        elif lname == b"content-length":
+            content_length = value
+            lengths += 1
+        elif lname == b"transfer-encoding":
+            if transfer_encoding is None:
+                transfer_encoding = []
+            transfer_encoding.append(value)
+        elif lname == b"connection":
+            if connection is None:
+                connection = []
+            connection.append(value)
+        elif lname == b"upgrade":
+            upgrade = value
+
+    if hosts > 1 or (hosts == 0 and version == b"1.1"):
+        raise ProtocolError(400, "Bad Request: missing or duplicate Host header")
+    if host is not None and _HOST.fullmatch(host) is None:
+        raise ProtocolError(400, "Bad Request: invalid Host header")
+    request.host = target_host if target_host is not None else host
+
+    if transfer_encoding is not None:
+        if version == b"1.0":
+            raise ProtocolError(400, "Bad Request: Transfer-Encoding in HTTP/1.0")
+        if content_length is not None:
+            raise ProtocolError(400, "Bad Request: both Content-Length and Transfer-Encoding")
+        _check_chunked_only(transfer_encoding)
+        request.framing = CHUNKED
+    elif content_length is not None:
+        request.length = _content_length(content_length, lengths, 400)
+        request.framing = LENGTH if request.length else NO_BODY
+
+    tokens = _connection_tokens(connection)
+    request.connection = tokens
+    if version == b"1.1":
+        request.keep_alive = b"close" not in tokens
+        # RFC 9110 §7.8: Upgrade counts only when Connection names it; HTTP/1.0 ignores it.
+        if upgrade and b"upgrade" in tokens:
+            request.upgrade = upgrade
+    else:
+        request.keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+    return request
+
+
+def _origin_form(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
+    """The target to send upstream and, for absolute-form, the authority that replaces Host."""
+    if target[0] == 47:  # "/"
+        if _TARGET.fullmatch(target) is None:
+            raise ProtocolError(400, "Bad Request: invalid request target")
+        return target, None
+    if target == b"*":
+        if method != b"OPTIONS":
+            raise ProtocolError(400, "Bad Request: asterisk-form is for OPTIONS only")
+        return target, None
+    match = _ABSOLUTE.fullmatch(target)
+    if (
+        match is None
+        or match.group(1).lower() not in (b"http", b"https")
+        or _TARGET.fullmatch(target) is None
+        or b"@" in match.group(2)
+        or _HOST.fullmatch(match.group(2)) is None
+    ):
+        raise ProtocolError(400, "Bad Request: invalid request target")
+    path = match.group(3) or b"/"
+    if path[0] != 47:
+        path = b"/" + path  # `http://h?q` has an empty path: RFC 9112 §3.2.1
+    return path, match.group(2)
+
+
+def _check_chunked_only(values: list[bytes]) -> None:
+    codings = [c.strip(b" \t").lower() for value in values for c in value.split(b",")]
+    for coding in codings:
+        if not coding or _TOKEN_RE.fullmatch(coding) is None:
+            raise ProtocolError(400, "Bad Request: malformed Transfer-Encoding")
+    if codings == [b"chunked"]:
+        return
+    if codings.count(b"chunked") > 1 or codings[-1] != b"chunked":
+        # RFC 9112 §6.3: a request whose final coding is not chunked cannot be framed.
+        raise ProtocolError(400, "Bad Request: Transfer-Encoding must end with chunked")
+    raise ProtocolError(501, "Not Implemented: transfer coding " + codings[0].decode())
+
+
+def _content_length(value: bytes, count: int, status: int) -> int:
+    if count != 1 or _DIGITS.fullmatch(value) is None or len(value) > 19:
+        raise ProtocolError(status, "Bad Request: invalid Content-Length")
+    length = int(value)
+    if length > MAX_CONTENT_LENGTH:
+        raise ProtocolError(status, "Bad Request: invalid Content-Length")
+    return length
+
+
+def _connection_tokens(values: list[bytes] | None) -> frozenset[bytes]:
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip(b" \t").lower()
+        for value in values
+        for token in value.split(b",")
+        if token.strip(b" \t")
+    )
+
+
+# -- Responses ---------------------------------------------------------------------------------
+
+
+def parse_response_head(
+    head: bytes, request_method: bytes, upgrade_requested: bool
+) -> ResponseHead:
+    """Validate the app's response head and decide how its body is delimited (RFC 9112 §6.3).
+
+    Raises ProtocolError (the data path answers 502 for every one) for a malformed head, a 101 to
+    a request that asked for no upgrade, Content-Length and Transfer-Encoding together, an invalid
+    or repeated Content-Length, or a transfer coding other than chunked.
+    """
+    line_end = head.find(b"\r\n")
+    match = _STATUS_LINE.fullmatch(head, 0, line_end)
+    if match is None:
+        raise ProtocolError(502, "malformed HTTP status line")
+    if _FIELDS.fullmatch(head, line_end + 2, len(head) - 2) is None:
+        raise ProtocolError(502, "malformed HTTP response header field")
+    response = ResponseHead()
+    response.version = b"1.0" if match.group(1) == b"0" else b"1.1"
+    status = response.status = int(match.group(2))
+    if status < 100:
+        raise ProtocolError(502, "malformed HTTP status code")
+    headers = response.headers
+    content_length: bytes | None = None
+    lengths = 0
+    transfer_encoding: list[bytes] | None = None
+    connection: list[bytes] | None = None
+    if len(head) > line_end + 4:
+        for line in head[line_end + 2 : -4].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            value = value.strip(b" \t")
+            headers.append((name, value))
+            lname = name.lower()
+            if lname == b"content-length":
+                content_length = value
+                lengths += 1
+            elif lname == b"transfer-encoding":
+                if transfer_encoding is None:
+                    transfer_encoding = []
+                transfer_encoding.append(value)
+            elif lname == b"connection":
+                if connection is None:
+                    connection = []
+                connection.append(value)
+    tokens = _connection_tokens(connection)
+    response.connection = tokens
+    if response.version == b"1.1":
+        response.keep_alive = b"close" not in tokens
+    else:
+        response.keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+
+    if status == 101 and not upgrade_requested:
+        raise ProtocolError(502, "101 Switching Protocols to a request without Upgrade")
+    if transfer_encoding is not None and content_length is not None:
+        raise ProtocolError(502, "response with both Content-Length and Transfer-Encoding")
+    if content_length is not None:
+        try:
+            response.length = _content_length(content_length, lengths, 502)
+        except ProtocolError:
+            raise ProtocolError(502, "invalid Content-Length in response") from None
+    if status < 200 or status == 204 or status == 304 or request_method == b"HEAD":
+        response.framing = NO_BODY  # whatever the fields say (RFC 9112 §6.3, items 1)
+        return response
+    if transfer_encoding is not None:
+        try:
+            _check_chunked_only(transfer_encoding)
+        except ProtocolError as error:
+            raise ProtocolError(502, "unsupported Transfer-Encoding in response") from error
+        response.framing = CHUNKED
+    elif content_length is not None:
+        response.framing = LENGTH if response.length else NO_BODY
+    else:
+        response.framing = UNTIL_CLOSE
+        response.keep_alive = False
+    return response
+
+
+# -- Bodies ------------------------------------------------------------------------------------
+
+
+class ContentLengthReader:
+    """A body of exactly `length` bytes."""
+
+    __slots__ = ("remaining", "done", "trailers")
+
+    def __init__(self, length: int) -> None:
+        self.remaining = length
+        self.done = length == 0
+        self.trailers: list[tuple[bytes, bytes]] = []
+
+    def read(self, data: bytes, pos: int) -> tuple[list[bytes], int]:
+        """Payload found in `data` from `pos`, and the position after it."""
+        available = len(data) - pos
+        if available <= 0:
+            return [], pos
+        take = self.remaining if available > self.remaining else available
+        self.remaining -= take
+        if self.remaining == 0:
+            self.done = True
+        if pos == 0 and take == len(data):
+            return [data], take
+        return [data[pos : pos + take]], pos + take
+
+
+class UntilCloseReader:
+    """A response body delimited by the connection's close (RFC 9112 §6.3 item 8)."""
+
+    __slots__ = ("done", "trailers")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.trailers: list[tuple[bytes, bytes]] = []
+
+    def read(self, data: bytes, pos: int) -> tuple[list[bytes], int]:
+        if pos >= len(data):
+            return [], pos
+        return [data[pos:] if pos else data], len(data)
+
+
+_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class ChunkedReader:
+    """The chunked transfer coding (RFC 9112 §7.1), decoded.
+
+    Payload comes out without chunk framing and extensions; the trailer fields, if any, are in
+    `trailers` once `done`. Raises ProtocolError(400) on any deviation: a size that is not 1–16
+    hex digits, a malformed extension, chunk data not followed by CRLF, a malformed trailer
+    field; 431 past MAX_CHUNK_LINE or MAX_TRAILER_BYTES. Partial lines are kept between calls
+    (bounded by those limits), so data may arrive split anywhere.
+    """
+
+    __slots__ = ("state", "remaining", "line", "done", "trailers", "trailer_bytes")
+
+    def __init__(self) -> None:
+        self.state = _SIZE
+        self.remaining = 0
+        self.line = b""
+        self.done = False
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.trailer_bytes = 0
+
+    def read(self, data: bytes, pos: int) -> tuple[list[bytes], int]:
+        out: list[bytes] = []
+        end = len(data)
+        while pos < end and not self.done:
+            state = self.state
+            if state == _DATA:
+                take = min(self.remaining, end - pos)
+                out.append(data[pos : pos + take])
+                pos += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = _DATA_END
+            elif state == _DATA_END:
+                # Exactly CRLF after the data; collect up to two bytes across reads.
+                need = 2 - len(self.line)
+                self.line += data[pos : pos + need]
+                pos += min(need, end - pos)
+                if len(self.line) == 2:
+                    if self.line != b"\r\n":
+                        raise ProtocolError(400, "Bad Request: chunk data not followed by CRLF")
+                    self.line = b""
+                    self.state = _SIZE
+            else:
+                line, pos = self._line(data, pos)
+                if line is None:
+                    break
+                if state == _SIZE:
+                    self._size_line(line)
+                else:
+                    self._trailer_line(line)
+        return out, pos
+
+    def _line(self, data: bytes, pos: int) -> tuple[bytes | None, int]:
+        """The next CRLF-terminated line (without CRLF), or None and all of `data` consumed."""
+        limit = MAX_CHUNK_LINE if self.state == _SIZE else MAX_TRAILER_BYTES
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            self.line += data[pos:]
+            if len(self.line) > limit:
+                raise ProtocolError(431, "Request Header Fields Too Large: chunk line")
+            return None, len(data)
+        line = self.line + data[pos:nl]
+        self.line = b""
+        if len(line) > limit:
+            raise ProtocolError(431, "Request Header Fields Too Large: chunk line")
+        if not line.endswith(b"\r") or b"\r" in line[:-1]:
+            raise ProtocolError(400, "Bad Request: bare LF or CR in chunked framing")
+        return line[:-1], nl + 1
+
+    def _size_line(self, line: bytes) -> None:
+        semi = line.find(b";")
+        size, ext = (line, b"") if semi < 0 else (line[:semi], line[semi:])
+        size = size.rstrip(b" \t") if ext else size
+        if _HEX.fullmatch(size) is None or (ext and _CHUNK_EXT.fullmatch(ext) is None):
+            raise ProtocolError(400, "Bad Request: invalid chunk size line")
+        self.remaining = int(size, 16)
+        self.state = _DATA if self.remaining else _TRAILER
+
+    def _trailer_line(self, line: bytes) -> None:
+        if not line:
+            self.state = _DONE
+            self.done = True
+            return
+        self.trailer_bytes += len(line) + 2
+        if self.trailer_bytes > MAX_TRAILER_BYTES:
+            raise ProtocolError(431, "Request Header Fields Too Large: trailers")
+        if _FIELDS.fullmatch(line + b"\r\n") is None:
+            raise ProtocolError(400, "Bad Request: malformed trailer field")
+        name, _, value = line.partition(b":")
+        self.trailers.append((name, value.strip(b" \t")))
+
+
+BodyReader = ContentLengthReader | ChunkedReader | UntilCloseReader
+
+
+def body_reader(framing: int, length: int) -> BodyReader | None:
+    """The reader for a framing decision, or None when the message has no body."""
+    if framing == LENGTH:
+        return ContentLengthReader(length)
+    if framing == CHUNKED:
+        return ChunkedReader()
+    if framing == UNTIL_CLOSE:
+        return UntilCloseReader()
+    return None
+
+
+# Fields that describe a message's own framing or routing: a `Connection` header naming them
+# never removes them (RFC 9110 §7.6.1 lets a sender list only hop-by-hop fields; listing these is
+# an attack, not a request), and they are never taken from trailers (RFC 9110 §6.5.1).
+PROTECTED_FIELDS: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"host", b"trailer", b"te", b"upgrade"}
+)
+"""Lower-case names that `Connection` cannot remove and trailers cannot carry."""
+
+FORBIDDEN_TRAILERS: Final = PROTECTED_FIELDS | frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"authorization",
+        b"set-cookie",
+        b"cookie",
+        b"cache-control",
+        b"expect",
+        b"max-forwards",
+        b"pragma",
+        b"range",
+    }
+)
