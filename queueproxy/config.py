@@ -122,6 +122,8 @@ class Config:
     drain_quiet_period: float
     certs_dir: str
     cert_reload_seconds: float  # QUEUEPROXY_CERT_RELOAD_SECONDS: how often TLS files are re-read
+    # QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS: Go's ReadHeaderTimeout, on every port
+    read_header_timeout: float
 
 
 # --- Scalar parsers: text -> value, or ValueError whose message shows the text ---------------
@@ -446,6 +448,12 @@ OUR_VARIABLES: tuple[tuple[str, str, Parser, Any], ...] = (
     ("drain_quiet_period", "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS", parse_seconds, 30.0),
     ("certs_dir", "QUEUEPROXY_CERTS_DIR", str, DEFAULT_CERTS_DIR),
     ("cert_reload_seconds", "QUEUEPROXY_CERT_RELOAD_SECONDS", _float_within(0.01, math.inf), 60.0),
+    (
+        "read_header_timeout",
+        "QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS",
+        _float_within(0.01, math.inf),
+        60.0,
+    ),
 )
 
 

@@ -2,8 +2,12 @@
 statistics (:9090) and user metrics (:9091).
 
 These answer a handful of requests a second, but importing aiohttp's server for them would add
-~120 ms to start-up and ~14 MiB to every pod (performance.md), so they share the data path's
-parser instead. Request bodies are read and ignored; responses are whole byte strings.
+~120 ms to start-up and ~14 MiB to every pod, so they share the data path's framing rules
+(`h1`) instead, with the same bounds: a head is limited to `h1.MAX_HEAD_BYTES` as it arrives, it
+must arrive within the read-header timeout (from the connection's start, and from the first byte
+of each later head), and one request is answered at a time: while a handler runs (the admin
+port's `/wait-for-drain` may take minutes), reading stops, so a pipelined backlog costs one read.
+Request bodies are read and discarded; responses are whole byte strings.
 """
 
 from __future__ import annotations
@@ -12,9 +16,17 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httptools
-
-from queueproxy.http11 import MAX_HEADER_BYTES, READ_HEADER_TIMEOUT, simple_response
+from queueproxy.h1 import (
+    BodyReader,
+    ProtocolError,
+    RequestHead,
+    body_reader,
+    check_partial_head,
+    find_head_end,
+    parse_request_head,
+    skip_empty_lines,
+)
+from queueproxy.http11 import READ_HEADER_TIMEOUT, simple_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,97 +54,129 @@ def not_found(_: Request) -> Response:
 
 
 class EndpointProtocol(asyncio.Protocol):
-    """One connection to an endpoint server; requests are answered in order."""
+    """One connection to an endpoint server; requests are answered one at a time, in order."""
 
-    def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        loop: asyncio.AbstractEventLoop,
+        read_header_timeout: float = READ_HEADER_TIMEOUT,
+    ) -> None:
         self.handler = handler
         self.loop = loop
+        self.read_header_timeout = read_header_timeout
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.url = b""
-        self.headers: dict[bytes, bytes] = {}
-        self.header_bytes = 0
-        self.queue: list[Request] = []
-        self.busy = False
+        self.buffer = bytearray()
+        self.scanned = 0
+        self.line_checked = False
+        self.request: Request | None = None  # read, body still arriving
+        self.reader: BodyReader | None = None
+        self.busy = False  # a handler is running or its answer is being sent
+        self.paused = False
         self.header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self.header_timer = self.loop.call_later(READ_HEADER_TIMEOUT, transport.close)
+        self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.header_timer is not None:
-            self.header_timer.cancel()
+        self._cancel_header_timer()
         self.transport = None
+        self.buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, b"Bad Request: upgrade not supported\n")
-        except httptools.HttpParserCallbackError:
-            self._fail(431, b"Request Header Fields Too Large\n")
-        except httptools.HttpParserError:
-            self._fail(400, b"Bad Request\n")
-
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = {}
-        self.header_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value)
-        if self.header_bytes > MAX_HEADER_BYTES:
-            raise ValueError("header block too large")
-        self.headers[name.lower()] = value
-
-    def on_headers_complete(self) -> None:
-        if self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
-
-    def on_message_complete(self) -> None:
-        path = httptools.parse_url(self.url).path if self.url else b"/"
-        self.queue.append(
-            Request(
-                self.parser.get_method(),
-                path,
-                self.headers,
-                self.parser.get_http_version().encode(),
-                self.parser.should_keep_alive(),
-            )
-        )
-        if not self.busy:
-            self._next()
-
-    def _next(self) -> None:
-        while self.queue and self.transport is not None:
-            request = self.queue.pop(0)
-            result = self.handler(request)
-            if isinstance(result, Response):
-                self._send(request, result)
-                continue
-            self.busy = True
-            task = asyncio.ensure_future(result)
-            task.add_done_callback(lambda done, r=request: self._finished(r, done))
+        if self.transport is None:
             return
-        self.busy = False
+        self.buffer += data
+        self._process()
+
+    # -- Reading -------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        buffer = self.buffer
+        pos = 0
+        try:
+            while self.transport is not None and not self.busy:
+                if self.reader is not None:
+                    _, pos = self.reader.read(buffer, pos)  # type: ignore[arg-type]
+                    if not self.reader.done:
+                        break
+                    self.reader = None
+                    request, self.request = self.request, None
+                    assert request is not None
+                    self._dispatch(request)
+                    continue
+                start = skip_empty_lines(buffer, pos)
+                if start >= len(buffer):
+                    pos = start
+                    break
+                if self.header_timer is None:
+                    self._arm_header_timer()  # a later head: its first byte starts the clock
+                end = find_head_end(buffer, start, self.scanned)
+                if end < 0:
+                    self.line_checked = check_partial_head(
+                        buffer, start, self.scanned, self.line_checked
+                    )
+                    pos = start
+                    break
+                head = parse_request_head(bytes(buffer[start:end]))
+                pos = end
+                self.scanned = 0
+                self._cancel_header_timer()
+                self.line_checked = False
+                self._begin(head)
+        except ProtocolError as error:
+            self._fail(error.status, error.reason.encode() + b"\n")
+            return
+        if self.transport is None:
+            return
+        if pos:
+            del buffer[:pos]
+        # Heads are searched from where the last search stopped (absolute index into the buffer).
+        self.scanned = len(buffer) if self.reader is None and not self.busy else 0
+        if self.busy and buffer and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _begin(self, head: RequestHead) -> None:
+        request = Request(
+            head.method,
+            head.target.partition(b"?")[0] or b"/",
+            {name.lower(): value for name, value in head.headers},
+            head.version,
+            head.keep_alive,
+        )
+        self.reader = body_reader(head.framing, head.length)
+        if self.reader is None:
+            self._dispatch(request)
+        else:
+            self.request = request
+
+    # -- Answering -----------------------------------------------------------------------------
+
+    def _dispatch(self, request: Request) -> None:
+        self.busy = True
+        result = self.handler(request)
+        if isinstance(result, Response):
+            self._send(request, result)
+            return
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(lambda done, r=request: self._finished(r, done))
 
     def _finished(self, request: Request, done: asyncio.Future[Response]) -> None:
-        self.busy = False
         if done.cancelled() or done.exception() is not None:
             self._send(request, Response(500, b"internal error\n"))
         else:
             self._send(request, done.result())
-        self._next()
+        if not self.busy and self.transport is not None and self.buffer:
+            self._process()
 
     def _send(self, request: Request, response: Response) -> None:
-        if self.transport is None:
+        self.busy = False
+        transport = self.transport
+        if transport is None:
             return
-        self.transport.write(
+        transport.write(
             simple_response(
                 response.status,
                 response.body,
@@ -144,19 +188,50 @@ class EndpointProtocol(asyncio.Protocol):
             )
         )
         if not request.keep_alive:
-            self.transport.close()
-            self.transport = None
+            self._close()
+            return
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
 
     def _fail(self, status: int, body: bytes) -> None:
         if self.transport is not None:
             self.transport.write(simple_response(status, body, keep_alive=False))
-            self.transport.close()
+            self._close()
+
+    def _close(self) -> None:
+        self._cancel_header_timer()
+        if self.transport is not None:
+            self.transport.close()  # after what was written is delivered
             self.transport = None
+        self.buffer = bytearray()
+
+    # -- The read-header deadline (Go's ReadHeaderTimeout) -------------------------------------
+
+    def _arm_header_timer(self) -> None:
+        self.header_timer = self.loop.call_later(self.read_header_timeout, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        if self.transport is not None and not self.busy and self.reader is None:
+            self._close()
 
 
 async def serve(
-    loop: asyncio.AbstractEventLoop, handler: Handler, host: str | None, port: int
+    loop: asyncio.AbstractEventLoop,
+    handler: Handler,
+    host: str | None,
+    port: int,
+    read_header_timeout: float = READ_HEADER_TIMEOUT,
 ) -> asyncio.Server:
     return await loop.create_server(
-        lambda: EndpointProtocol(handler, loop), host or None, port, reuse_address=True
+        lambda: EndpointProtocol(handler, loop, read_header_timeout),
+        host or None,
+        port,
+        reuse_address=True,
     )

@@ -187,7 +187,7 @@ def check_partial_head(
     Only bytes from `scanned` on are looked at. Returns whether the request line has been checked
     (pass True for response heads, whose status line is checked with the whole head).
     """
-    if _BARE_CR_OR_LF.search(buffer, max(start, scanned - 1), max(len(buffer) - 1, 1)):
+    if _BARE_CR_OR_LF.search(buffer, max(start, scanned - 1)):
         raise ProtocolError(400, "Bad Request: bare CR or LF")
     if not line_checked:
         # No CRLF lay before `scanned`, or the line would have been checked then.

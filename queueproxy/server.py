@@ -69,6 +69,7 @@ class Sidecar:
                 config.revision_response_start_timeout_seconds,
                 config.revision_idle_timeout_seconds,
             ),
+            read_header_timeout=config.read_header_timeout,
         )
         # uvloop's loop.time() ticks in whole milliseconds, too coarse for request latencies:
         # statistics, metrics and logs use time.monotonic(), as the data path's request stamps
@@ -159,13 +160,16 @@ class Sidecar:
                 backlog=4096,
             )
         )
-        self.servers.append(await serve(self.loop, self.admin, host, config.admin_port))
+        limit = config.read_header_timeout
+        self.servers.append(await serve(self.loop, self.admin, host, config.admin_port, limit))
         self.servers.append(
-            await serve(self.loop, self.autoscaler_metrics, host, config.metrics_port)
+            await serve(self.loop, self.autoscaler_metrics, host, config.metrics_port, limit)
         )
         if self.user_metrics is not None:
             self.servers.append(
-                await serve(self.loop, self.user_metrics_endpoint, host, config.user_metrics_port)
+                await serve(
+                    self.loop, self.user_metrics_endpoint, host, config.user_metrics_port, limit
+                )
             )
         if tls_enabled(config.certs_dir):
             await self._start_tls(host)
@@ -253,13 +257,23 @@ class Sidecar:
         for conn in list(connections):
             conn.shutdown()
         # Ordinary requests: no limit (Kubernetes' grace period is the bound).
-        while any(c.exchanges and c.tunnel_upstream is None for c in connections):
+        while any(c.exchange is not None and c.tunnel_upstream is None for c in connections):
             await asyncio.sleep(0.05)
         deadline = self.loop.time() + HIJACK_DRAIN_SECONDS
         while any(c.tunnel_upstream is not None for c in connections):
             if self.loop.time() >= deadline:
                 break
             await asyncio.sleep(0.1)
+        for conn in list(connections):
+            if conn.tunnel_upstream is not None and conn.transport is not None:
+                conn.transport.abort()
+        # Every answer is complete, but a slow reader may not have received it yet: closing
+        # flushes before it closes, so wait for that (at most a revision timeout), then cut.
+        for conn in list(connections):
+            conn.shutdown()
+        deadline = self.loop.time() + max(self.config.revision_timeout_seconds, 1)
+        while connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
         for conn in list(connections):
             if conn.transport is not None:
                 conn.transport.abort()

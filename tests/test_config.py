@@ -96,6 +96,7 @@ EXPECTED = Config(
     drain_quiet_period=30.0,
     certs_dir="/var/lib/knative/certs",
     cert_reload_seconds=60.0,
+    read_header_timeout=60.0,
 )
 
 
@@ -791,3 +792,10 @@ def test_help_documents_flags_and_the_knative_environment(
     assert "Without arguments" in text
     for name in REQUIRED + ["OBSERVABILITY_CONFIG", "QUEUEPROXY_ADMIN_PORT"]:
         assert name in text
+
+
+def test_read_header_timeout_is_ours_and_positive() -> None:
+    assert knative().read_header_timeout == 60.0
+    assert knative(QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS="1.5").read_header_timeout == 1.5
+    with pytest.raises(ConfigError, match='QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS.*"0"'):
+        knative(QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS="0")

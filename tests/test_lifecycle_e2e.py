@@ -382,6 +382,10 @@ async def test_probes_during_the_drain_do_not_restart_the_quiet_period() -> None
         async with aiohttp.ClientSession() as client:
             sidecar.proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
+            # The signal is handled by the event loop, possibly after a probe that arrived in the
+            # same iteration: wait for the first probe that sees the drain, then count.
+            while (await ask(client, sidecar.url, HEALTH_CHECK))[0] != 503:
+                assert time.monotonic() - started < 5, "SIGTERM did not start the drain"
             answers = set()
             # Probes every 50 ms would keep a 0.5 s quiet period open forever if they counted.
             while sidecar.proc.poll() is None:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from queueproxy.breaker import Breaker
+from queueproxy.h1 import parse_request_head
 from queueproxy.observer import RequestObserver
 from queueproxy.proxy import Exchange
 from queueproxy.requestlog import RequestLogger
@@ -47,8 +48,8 @@ def make_observer(
 
 def exchange(started_at: float, **fields: object) -> Exchange:
     conn = SimpleNamespace(remote_addr=b"127.0.0.1:40000")
-    ex = Exchange(conn)  # type: ignore[arg-type]
-    ex.method, ex.target, ex.started_at = b"GET", b"/", started_at
+    ex = Exchange(conn, parse_request_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))  # type: ignore[arg-type]
+    ex.started_at = started_at
     for name, value in fields.items():
         setattr(ex, name, value)
     return ex
