@@ -211,8 +211,8 @@ def skip_empty_lines(buffer: bytes | bytearray, start: int) -> int:
 def _parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     match = _REQUEST_LINE.fullmatch(line)
     if match is None:
-        if line.count(b" ") < 2:
-            raise ProtocolError(400, "Bad Request: malformed request line (HTTP/0.9?)")
+        if line.count(b" ") == 1:
+            raise ProtocolError(400, "Bad Request: malformed request line (no HTTP version)")
         raise ProtocolError(400, "Bad Request: malformed request line")
     method, target, major, minor = match.groups()
     if major != b"1":

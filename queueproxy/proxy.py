@@ -248,6 +248,7 @@ class ClientConnection(asyncio.Protocol):
         self.writing_paused = False
         self.closed = False
         self.tunnel_upstream: UpstreamConnection | None = None
+        self.held = b""  # a response head not yet written (see `response_head`)
         # One timer per connection, re-armed lazily (never cancelled per request): it enforces
         # the exchange's timeouts and the deadline for a request head to arrive.
         self.timer = RequestTimer(path.timeout_rules)
@@ -671,7 +672,14 @@ class ClientConnection(asyncio.Protocol):
             elif version == b"1.0":
                 lines.append(b"Connection: keep-alive\r\n")
         lines.append(b"\r\n")
-        self._write(b"".join(lines))
+        # Held until the first body bytes or the end of this read (`flush`): head and body of a
+        # small response leave in one write, one system call.
+        self.held = b"".join(lines)
+
+    def flush(self) -> None:
+        """Write a held response head: called when a read from the app has been handled."""
+        if self.held:
+            self._write(b"")
 
     def informational(self, exchange: Exchange, response: ResponseHead) -> None:
         """Forward a 1xx (100 Continue, 103 Early Hints) to an HTTP/1.1 client."""
@@ -766,8 +774,7 @@ class ClientConnection(asyncio.Protocol):
             # What the client sent after its upgrade request belongs to the new protocol.
             upstream.write(bytes(self.buffer))
             self.buffer = bytearray()
-        if rest:
-            self._write(rest)
+        self._write(rest)  # with the held 101 head
         self._resume_reading(_BODY_BACKLOG | _ANSWERING | _UPSTREAM_FULL)
 
     def tunnel_data(self, data: bytes) -> None:
@@ -891,6 +898,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         """Close after what has been written is delivered (asyncio flushes on close)."""
+        if self.held:
+            self._write(b"")
         self.closed = True
         self.reader = None
         self.buffer = bytearray()
@@ -919,6 +928,9 @@ class ClientConnection(asyncio.Protocol):
             self._pause_reading(_UPSTREAM_FULL)
 
     def _write(self, data: bytes) -> None:
+        if self.held:
+            data = self.held + data
+            self.held = b""
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 

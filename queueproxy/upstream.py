@@ -123,6 +123,7 @@ class UpstreamConnection(asyncio.Protocol):
         except ProtocolError as error:
             self.abort()
             exchange.conn.upstream_failed(exchange, error.reason)
+        exchange.conn.flush()
 
     def _process(self, exchange: Exchange, data: bytes) -> None:
         pos = 0
