@@ -12,7 +12,11 @@ second, as Knative does. Simplification: Knative scrapes a random sample of that
 command scrapes every URL and uses all the pods that answered.
 
 A report (a `decide`) comes every `--interval` seconds (Knative's decider ticks every 2 s,
-`pkg/autoscaler/scaling/multiscaler.go` `tickInterval`; the default here is 1 s).
+`pkg/autoscaler/scaling/multiscaler.go` `tickInterval`; the default here is 1 s). The URLs are
+the ready pods; like an autoscaler that has just started (`autoscaler.go` `newAutoscaler`), the
+model starts in panic when there are more than one, holding their number until a stable window
+has passed. `--json` prints one object per report: the `Decision` fields and `pods`, each URL's
+`Stat` or `error`.
 """
 
 from __future__ import annotations
@@ -146,9 +150,10 @@ async def scrape_all(
     return await asyncio.gather(*(scrape(session, url) for url in urls), return_exceptions=True)
 
 
-def format_decision(elapsed: float, decision: Decision, scraped: int, pods: int) -> str:
+def format_decision(decision: Decision, scraped: int, pods: int) -> str:
+    """One human line: `t=` is `decision.now`, seconds since the command started."""
     d = decision
-    head = f"t={elapsed:6.1f}s scraped {scraped}/{pods}"
+    head = f"t={d.now:6.1f}s scraped {scraped}/{pods}"
     if not d.valid:
         return f"{head}  {d.why}"
     return (
@@ -161,16 +166,20 @@ def format_decision(elapsed: float, decision: Decision, scraped: int, pods: int)
     )
 
 
-def report_json(
-    elapsed: float, decision: Decision, urls: Sequence[str], results: Sequence[object]
-) -> str:
+def describe(error: object) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def report_json(decision: Decision, urls: Sequence[str], results: Sequence[object]) -> str:
+    """One JSON object: the `Decision` fields (`now` = seconds since the command started) and
+    `pods`, each pod's scraped `Stat` or `error`, in the order of the URLs."""
     pods: list[dict[str, object]] = []
     for url, result in zip(urls, results, strict=True):
         if isinstance(result, Stat):
             pods.append({"url": url, **asdict(result)})
         else:
-            pods.append({"url": url, "error": str(result) or type(result).__name__})
-    return json.dumps({"t": round(elapsed, 3), "pods": pods, **asdict(decision)})
+            pods.append({"url": url, "error": describe(result)})
+    return json.dumps({**asdict(decision), "pods": pods})
 
 
 async def run(args: argparse.Namespace, config: KpaConfig) -> int:
@@ -199,12 +208,12 @@ async def run(args: argparse.Namespace, config: KpaConfig) -> int:
                 decision = model.decide(now, pods)
                 scraped = sum(isinstance(result, Stat) for result in results)
                 if args.json:
-                    print(report_json(now, decision, urls, results), flush=True)
+                    print(report_json(decision, urls, results), flush=True)
                 else:
-                    print(format_decision(now, decision, scraped, pods), flush=True)
+                    print(format_decision(decision, scraped, pods), flush=True)
                     for url, result in zip(urls, results, strict=True):
                         if not isinstance(result, Stat):
-                            print(f"  {url}: {result!r}", file=sys.stderr, flush=True)
+                            print(f"  {url}: {describe(result)}", file=sys.stderr, flush=True)
                 reports += 1
                 while next_report <= now:
                     next_report += args.interval

@@ -525,14 +525,18 @@ def test_metrics_url(given: str, url: str) -> None:
 
 def test_report_formats() -> None:
     decision = run(KpaModel(), burst, 60)[60.5]
-    line = kpacli.format_decision(60.5, decision, 1, 1)
+    line = kpacli.format_decision(decision, 1, 1)
     assert "desired 2" in line and "panic YES" in line and "entered panic" in line
     results: list[object] = [Stat("a", 87.5), ConnectionRefusedError("refused")]
-    data = json.loads(kpacli.report_json(60.5, decision, ["u1", "u2"], results))
-    assert data["panicking"] is True and data["desired_pods"] == 2
-    assert data["pods"][0]["pod_name"] == "a" and data["pods"][1]["error"] == "refused"
+    data = json.loads(kpacli.report_json(decision, ["u1", "u2"], results))
+    assert data["panicking"] is True and data["desired_pods"] == 2 and data["now"] == 60.5
+    assert kpacli.describe(TimeoutError()) == "TimeoutError"
+    assert (
+        data["pods"][0]["pod_name"] == "a"
+        and data["pods"][1]["error"] == "ConnectionRefusedError: refused"
+    )
     no_data = KpaModel().decide(0.0, 1)
-    assert "no data" in kpacli.format_decision(0.0, no_data, 0, 1)
+    assert "no data" in kpacli.format_decision(no_data, 0, 1)
 
 
 def test_kpa_subcommand_is_routed(capsys: pytest.CaptureFixture[str]) -> None:
