@@ -219,7 +219,7 @@ class Stat:
 class Decision:
     """One `decide`. Concurrencies and RPS are revision totals (all pods together); `target` and
     `total` are per pod. `valid` is False when no stat arrived for a whole stable window
-    (Knative's `ErrNoData`: no scaling then); the other fields are zero in that case.
+    (Knative's `ErrNoData`: no scaling then); the numbers are 0 in that case.
     `desired_pods` is what the decider asks for; `scale_to_zero` tells whether the revision may
     actually go to zero now; `activator_in_path` is the SKS proxy mode of the KPA reconciler."""
 
