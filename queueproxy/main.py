@@ -8,10 +8,17 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["kpa"]:
+        # `queueproxy kpa URL…`: watch pods' :9090 as Knative's autoscaler would.
+        from queueproxy.kpacli import main as kpa_main
+
+        raise SystemExit(kpa_main(args[1:]))
+
     from queueproxy.config import ConfigError, load
 
     try:
-        config = load(sys.argv[1:] if argv is None else argv, os.environ)
+        config = load(args, os.environ)
     except ConfigError as error:
         # Like Knative's envconfig failure: one line on stderr naming the variable, exit 1.
         print(f"queueproxy: configuration error: {error}", file=sys.stderr)
