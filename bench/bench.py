@@ -141,7 +141,9 @@ def run_scenario(
                 result.skipped = f"CPU quota unavailable: {error}"
                 progress(f"{scenario.name}: skipped, {result.skipped}")
                 return result
-            result.cpu_quota = f"{options.cpu_quota}m, " + next(iter(quotas.values())).description
+            if quotas:
+                description = next(iter(quotas.values())).description
+                result.cpu_quota = f"{options.cpu_quota}m, {description}"
         kinds = list(endpoints)
         for index in range(options.rounds):
             shift = index % len(kinds)  # alternate who goes first
@@ -232,6 +234,7 @@ def summarise(target: TargetResult) -> dict[str, Any]:
         key: _median([getattr(s, key) for s in samples])
         for key in ("ok_rps", "p50_ms", "p99_ms", "cpu_user_us", "cpu_sys_us", "rss_mib")
     }
+    summary["all_rps"] = _median([s.requests / s.seconds for s in samples if s.seconds])
     summary["non2xx_share"] = sum(s.non2xx for s in samples) / requests if requests else None
     summary["socket_errors"] = sum(s.socket_errors for s in samples)
     if target.syscalls is not None and target.syscall_requests:
@@ -289,6 +292,14 @@ def print_report(
             continue
         if result.cpu_quota:
             say(f"CPU quota {result.cpu_quota}")
+        cc = options.concurrency
+        if cc and scenario.connections > 11 * cc:
+            say(
+                f"note: {scenario.connections} connections exceed what CC={cc} admits ({cc} in "
+                f"flight + Knative's queue of {10 * cc}): the queue-proxies answer the excess "
+                "with an immediate 503, HAProxy queues it. req/s counts 2xx only; latencies "
+                "include the fast 503s."
+            )
         say(
             "| target | req/s | vs direct | vs HAProxy | p50 ms | p99 ms | non-2xx "
             "| CPU µs/req user + sys | RSS MiB |"
