@@ -1,4 +1,5 @@
-"""Measuring one target: wrk for the load, /proc for CPU and memory, strace for syscalls."""
+"""Scenarios and measuring one target: wrk for the load, /proc for CPU and memory, strace for
+syscalls."""
 
 from __future__ import annotations
 
@@ -21,6 +22,20 @@ class Load:
     path: str
     connections: int
     body_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    path: str
+    connections: int
+    body_bytes: int = 0
+    quota: bool = False
+
+    @property
+    def load(self) -> Load:
+        return Load(self.path, self.connections, self.body_bytes)
 
 
 @dataclass
