@@ -22,7 +22,8 @@ lint: $(BIN)/queueproxy
 test: lint
 	$(BIN)/pytest -q
 
-# Needs wrk (and haproxy for the comparison): apt-get install wrk haproxy
+# Needs wrk (haproxy and strace optional): apt-get install wrk haproxy strace. QP_GO_BINARY=path
+# adds Knative's Go queue-proxy. E.g. make bench ARGS='--quick' or ARGS='--strace --json out.json'
 bench: $(BIN)/queueproxy
 	$(BIN)/python bench/bench.py $(ARGS)
 

@@ -1,283 +1,326 @@
-"""Benchmark: the sample app direct, through queueproxy, and through HAProxy (when installed).
+"""Benchmark: the sample app direct and through each proxy, side by side in one run.
 
-Uses wrk for load and /proc for CPU and memory. Prints, as medians over alternating rounds:
-requests/s, p50/p99 latency, the proxy's CPU microseconds per request and its RSS; then the
-sidecar's time from start to its first successful request, and its idle RSS.
+Targets, all started at once on their own ports and measured in alternating rounds: the sample
+app direct; queueproxy; HAProxy (1 thread, `maxconn` = CC) when it is installed; Knative's Go
+queue-proxy when QP_GO_BINARY (or --go-binary) names a built `cmd/queue` binary. The two
+queue-proxies get the same Knative environment.
 
-    python bench/bench.py [--rounds 3] [--duration 5] [--connections 50] [--concurrency 10]
+Scenarios (--scenarios, comma-separated; default all):
+  get-c50     GET / at 50 connections
+  get-c500    GET / at 500 connections
+  post-64k    POST /upload with a 64 KiB body at 50 connections
+  queue-c200  GET /?sleep=20 at 200 connections: at CC=10 the proxies queue
+  quota       GET / at 50 connections, each proxy in turn under a CPU quota (cgroup v2 cpu.max or
+              v1 cpu.cfs_quota_us; default 250m; the app unlimited); skipped with a message
+              where cgroups cannot be written
 
-Everything listens on 127.0.0.1 and every run is bounded by --duration.
+Per scenario and target: 2xx responses per second, ratios to direct and to HAProxy, p50/p99,
+non-2xx responses, the proxy's CPU microseconds per request (user and system, from
+/proc/PID/stat deltas over each run) and its RSS. With --strace, syscalls per request
+(`strace -c -f -p PID` during one extra round). Then each proxy's start time: from spawning it to
+its first successful request through it, median of --starts starts. --json writes all of it.
+
+    python bench/bench.py [--quick] [--scenarios get-c50,quota] [--rounds 3] [--duration 5]
+                          [--strace] [--json results.json]
+
+Needs wrk (apt-get install wrk; haproxy and strace optional). Everything listens on 127.0.0.1.
+Absolute figures move between runs and machines: compare the ratios taken in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
+import platform
+import resource
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+from measure import Scenario, post_script, run_wrk, syscalls_during
+from report import ScenarioResult, TargetResult, print_report, to_json, write_json
+from targets import (
+    GO_FIXED_PORTS,
+    ROOT,
+    CpuQuota,
+    QuotaUnavailable,
+    Setup,
+    free_port,
+    launch,
+    launch_app,
+    port_in_use,
+    stop,
+    time_starts,
+    wait_ok,
+)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ok(url: str, timeout: float = 10.0, headers: dict[str, str] | None = None) -> float:
-    """Poll until `url` answers 200; return when that happened (monotonic seconds)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(url, headers=headers or {})
-            with urllib.request.urlopen(request, timeout=1) as response:
-                if response.status == 200:
-                    return time.monotonic()
-        except OSError:
-            pass
-        time.sleep(0.002)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-@contextmanager
-def process(args: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(
-        args,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=None if os.environ.get("BENCH_VERBOSE") else subprocess.DEVNULL,
-        cwd=ROOT,
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("get-c50", "GET / at 50 connections", "/", 50),
+        Scenario("get-c500", "GET / at 500 connections", "/", 500),
+        Scenario("post-64k", "POST /upload, 64 KiB body, at 50 connections", "/upload", 50, 65536),
+        Scenario("queue-c200", "GET /?sleep=20 at 200 connections (queueing)", "/?sleep=20", 200),
+        Scenario("quota", "GET / at 50 connections, proxies under a CPU quota", "/", 50, 0, True),
     )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+}
+KINDS = ("direct", "queueproxy", "haproxy", "go")
 
 
 @dataclass
-class Round:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us: float | None
-    rss_mib: float | None
+class Endpoint:
+    kind: str
+    port: int
+    pid: int | None  # the proxy's process; None for direct
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
 
 
-def parse_latency(text: str, label: str) -> float:
-    match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", text)
-    if not match:
-        return float("nan")
-    value, unit = float(match.group(1)), match.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+# --- Running ----------------------------------------------------------------------------------
 
 
-def run_wrk(url: str, duration: float, connections: int, proxy_pid: int | None) -> Round:
-    before = cpu_seconds(proxy_pid) if proxy_pid else 0.0
-    output = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
-        capture_output=True,
-        text=True,
-        timeout=duration + 30,
-        check=True,
-    ).stdout
-    after = cpu_seconds(proxy_pid) if proxy_pid else 0.0
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if non2xx:
-        print(f"  warning: {non2xx.group(1)} non-2xx responses from {url}", file=sys.stderr)
-    return Round(
-        rps=rps,
-        p50_ms=parse_latency(output, "50%"),
-        p99_ms=parse_latency(output, "99%"),
-        cpu_us=(after - before) / requests * 1e6 if proxy_pid and requests else None,
-        rss_mib=rss_mib(proxy_pid) if proxy_pid else None,
-    )
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
-def sidecar_args(app_port: int, port: int, cc: int, user_metrics: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "queueproxy",
-        "--port",
-        str(port),
-        "--upstream-port",
-        str(app_port),
-        "--concurrency",
-        str(cc),
-        "--admin-port",
-        str(free_port()),
-        "--metrics-port",
-        str(free_port()),
-        "--user-metrics-port",
-        str(free_port()),
-        "--user-metrics",
-        user_metrics,
-    ]
-
-
-HAPROXY_CONFIG = """
-global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout queue 60s
-frontend main
-    bind 127.0.0.1:{port}
-    default_backend app
-backend app
-    http-reuse always
-    server app 127.0.0.1:{app_port} maxconn {cc}
-"""
-
-
-@contextmanager
-def haproxy(app_port: int, port: int, cc: int) -> Iterator[subprocess.Popen]:
-    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as config:
-        config.write(HAPROXY_CONFIG.format(port=port, app_port=app_port, cc=cc))
+def run_scenario(
+    scenario: Scenario, endpoints: dict[str, Endpoint], options: argparse.Namespace, workdir: Path
+) -> ScenarioResult:
+    load = scenario.load
+    script = post_script(workdir, load.body_bytes) if load.body_bytes else None
+    result = ScenarioResult(scenario, {kind: TargetResult() for kind in endpoints})
+    quotas: dict[str, CpuQuota] = {}
     try:
-        with process(["haproxy", "-db", "-f", config.name]) as proc:
-            yield proc
-    finally:
-        os.unlink(config.name)
-
-
-def start_to_ready(app_port: int, cc: int, starts: int) -> tuple[list[float], list[float]]:
-    """Time from spawning the sidecar to its first successful proxied request; idle RSS."""
-    times, idle = [], []
-    for _ in range(starts):
-        port = free_port()
-        started = time.monotonic()
-        with process(sidecar_args(app_port, port, cc, "prometheus")) as proc:
-            ready = wait_ok(f"http://127.0.0.1:{port}/")
-            times.append((ready - started) * 1000)
-            time.sleep(1.0)
-            idle.append(rss_mib(proc.pid))
-    return times, idle
-
-
-def summarise(name: str, rounds: list[Round], direct_rps: float | None) -> str:
-    rps = statistics.median(r.rps for r in rounds)
-    ratio = f"{rps / direct_rps:.2f}" if direct_rps else "1.00"
-    cpu = [r.cpu_us for r in rounds if r.cpu_us is not None]
-    rss = [r.rss_mib for r in rounds if r.rss_mib is not None]
-    return (
-        f"| {name} | {rps:,.0f} | {ratio} | {statistics.median(r.p50_ms for r in rounds):.2f} | "
-        f"{statistics.median(r.p99_ms for r in rounds):.2f} | "
-        f"{f'{statistics.median(cpu):.1f} µs' if cpu else '–'} | "
-        f"{f'{statistics.median(rss):.1f} MiB' if rss else '–'} |"
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=10, help="containerConcurrency")
-    parser.add_argument("--starts", type=int, default=5, help="sidecar starts to time")
-    options = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed (apt-get install wrk)")
-
-    app_port = free_port()
-    cc = options.concurrency
-    targets: dict[str, Callable[[], tuple[str, int | None]]] = {}
-    with process([sys.executable, "-m", "sampleapp"], {"PORT": str(app_port), "HOST": "127.0.0.1"}):
-        wait_ok(f"http://127.0.0.1:{app_port}/")
-        ports = {name: free_port() for name in ("metrics-off", "metrics-on", "haproxy")}
-        with (
-            process(sidecar_args(app_port, ports["metrics-off"], cc, "none")) as plain,
-            process(sidecar_args(app_port, ports["metrics-on"], cc, "prometheus")) as metered,
-        ):
-            pids = {"metrics-off": plain.pid, "metrics-on": metered.pid}
-            for name in ("metrics-off", "metrics-on"):
-                wait_ok(f"http://127.0.0.1:{ports[name]}/")
-            targets = {
-                "direct to the app": lambda: (f"http://127.0.0.1:{app_port}/", None),
-                f"queueproxy, CC={cc}, user metrics off": lambda: (
-                    f"http://127.0.0.1:{ports['metrics-off']}/",
-                    pids["metrics-off"],
-                ),
-                f"queueproxy, CC={cc}, user metrics on (prometheus)": lambda: (
-                    f"http://127.0.0.1:{ports['metrics-on']}/",
-                    pids["metrics-on"],
-                ),
-            }
-            with ExitStack() as stack:
-                if shutil.which("haproxy"):
-                    hap = stack.enter_context(haproxy(app_port, ports["haproxy"], cc))
-                    wait_ok(f"http://127.0.0.1:{ports['haproxy']}/")
-                    targets[f"HAProxy, 1 thread, maxconn {cc}"] = lambda: (
-                        f"http://127.0.0.1:{ports['haproxy']}/",
-                        hap.pid,
+        if scenario.quota:
+            try:
+                for kind, endpoint in endpoints.items():
+                    if endpoint.pid:
+                        quotas[kind] = quota = CpuQuota(kind, options.cpu_quota)
+                        quota.enter(endpoint.pid)  # can the process be moved? (cgroup v2 rules)
+                        quota.leave(endpoint.pid)
+            except (QuotaUnavailable, OSError) as error:
+                result.skipped = f"CPU quota unavailable: {error}"
+                progress(f"{scenario.name}: skipped, {result.skipped}")
+                return result
+            if quotas:
+                description = next(iter(quotas.values())).description
+                result.cpu_quota = f"{options.cpu_quota}m, {description}"
+        kinds = list(endpoints)
+        for index in range(options.rounds):
+            shift = index % len(kinds)  # alternate who goes first
+            for kind in kinds[shift:] + kinds[:shift]:
+                endpoint, quota = endpoints[kind], quotas.get(kind)
+                if quota and endpoint.pid:
+                    quota.enter(endpoint.pid)
+                try:
+                    sample = run_wrk(
+                        endpoint.url(load.path), load, options.duration, endpoint.pid, script
                     )
-                results: dict[str, list[Round]] = {name: [] for name in targets}
-                for index in range(options.rounds):
-                    for name, target in targets.items():
-                        url, pid = target()
-                        results[name].append(
-                            run_wrk(url, options.duration, options.connections, pid)
+                finally:
+                    if quota and endpoint.pid:
+                        quota.leave(endpoint.pid)
+                result.targets[kind].samples.append(sample)
+            progress(f"{scenario.name}: round {index + 1}/{options.rounds} done")
+        for kind, quota in quotas.items():
+            result.targets[kind].throttling = quota.throttling()
+        if options.strace and not scenario.quota:
+            for kind, endpoint in endpoints.items():
+                if endpoint.pid:
+                    try:
+                        counts, requests = syscalls_during(
+                            endpoint.pid, endpoint.url(load.path), load, options.duration, script
                         )
-                    print(f"round {index + 1}/{options.rounds} done", file=sys.stderr)
-        ready_ms, idle_rss = start_to_ready(app_port, cc, options.starts)
+                    except RuntimeError as error:
+                        progress(f"{scenario.name}: no syscall counts for {kind}: {error}")
+                        continue
+                    result.targets[kind].syscalls = counts
+                    result.targets[kind].syscall_requests = requests
+            progress(f"{scenario.name}: strace round done")
+    finally:
+        for quota in quotas.values():
+            quota.remove()
+    return result
 
-    direct = statistics.median(r.rps for r in results["direct to the app"])
-    print(
-        f"\nwrk -t1 -c{options.connections} -d{options.duration:g}s, GET / on the sample app, "
-        f"medians of {options.rounds} alternating rounds\n"
+
+def run(
+    options: argparse.Namespace, kinds: list[str], workdir: Path
+) -> tuple[list[ScenarioResult], dict[str, dict[str, list[float]]]]:
+    """Start the app and every proxy, run the scenarios, then time fresh starts of each proxy."""
+    app_port = free_port()
+    setup = Setup(
+        app_port=app_port,
+        concurrency=options.concurrency,
+        request_metrics="" if options.user_metrics == "none" else options.user_metrics,
+        workdir=workdir,
+        go_binary=options.go_binary,
     )
-    print("| target | req/s | vs direct | p50 ms | p99 ms | proxy CPU per request | proxy RSS |")
-    print("|---|---|---|---|---|---|---|")
-    for name, rounds in results.items():
-        print(summarise(name, rounds, None if name.startswith("direct") else direct))
-    off = statistics.median(
-        r.cpu_us or 0 for r in results[f"queueproxy, CC={cc}, user metrics off"]
+    proxies = [kind for kind in kinds if kind != "direct"]
+    with ExitStack() as app_stack:
+        app = launch_app(app_port, workdir)
+        app_stack.callback(stop, app)
+        wait_ok(app_port, app)
+        with ExitStack() as stack:
+            endpoints = {"direct": Endpoint("direct", app_port, None)} if "direct" in kinds else {}
+            procs = {}
+            for kind in proxies:
+                port = free_port()
+                procs[kind] = proc = launch(kind, port, setup)
+                stack.callback(stop, proc)
+                endpoints[kind] = Endpoint(kind, port, proc.pid)
+            for kind in proxies:
+                wait_ok(endpoints[kind].port, procs[kind], timeout=30)
+            progress(f"started: {', '.join(f'{k} :{e.port}' for k, e in endpoints.items())}")
+            results = [
+                run_scenario(SCENARIOS[name], endpoints, options, workdir)
+                for name in options.scenarios
+            ]
+        starts: dict[str, dict[str, list[float]]] = {}
+        for kind in proxies:
+            if options.starts:
+                ready_ms, idle_rss = time_starts(kind, setup, options.starts)
+                starts[kind] = {"ready_ms": ready_ms, "idle_rss_mib": idle_rss}
+        if starts:
+            progress("start times done")
+    return results, starts
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+
+def _first_line(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if text else None
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "commit": _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "wrk": _first_line(["wrk", "-v"]),
+        "haproxy": _first_line(["haproxy", "-v"]),
+        "loadavg_before": list(os.getloadavg()),
+    }
+
+
+def choose_targets(options: argparse.Namespace) -> list[str]:
+    kinds = []
+    for kind in options.targets:
+        if kind == "haproxy" and shutil.which("haproxy") is None:
+            progress("HAProxy: not installed (apt-get install haproxy), left out")
+        elif kind == "go" and not options.go_binary:
+            progress("Knative queue-proxy (Go): set QP_GO_BINARY to a built cmd/queue to add it")
+        elif kind == "go" and not os.access(options.go_binary, os.X_OK):
+            progress(f"Knative queue-proxy (Go): {options.go_binary} is not executable, left out")
+        elif kind == "go" and any(port_in_use(port) for port in GO_FIXED_PORTS):
+            progress("Knative queue-proxy (Go): one of its fixed ports 8022/9090/9091 is taken")
+        else:
+            kinds.append(kind)
+    return kinds
+
+
+def _names(allowed: tuple[str, ...] | list[str]) -> Any:
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    on = statistics.median(
-        r.cpu_us or 0 for r in results[f"queueproxy, CC={cc}, user metrics on (prometheus)"]
+    parser.add_argument("--scenarios", type=_names(list(SCENARIOS)), default=list(SCENARIOS))
+    parser.add_argument("--targets", type=_names(KINDS), default=list(KINDS))
+    parser.add_argument("--rounds", type=int, help="alternating rounds per scenario (3)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (5)")
+    parser.add_argument("--starts", type=int, help="starts timed per proxy, 0 = none (5)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 3 starts")
+    parser.add_argument("--concurrency", type=int, default=10, help="CONTAINER_CONCURRENCY (10)")
+    parser.add_argument("--cpu-quota", type=int, default=250, help="millicores for 'quota' (250)")
+    parser.add_argument(
+        "--user-metrics",
+        choices=("prometheus", "none"),
+        default="prometheus",
+        help="SERVING_REQUEST_METRICS_BACKEND for both queue-proxies (Knative's default: "
+        "prometheus)",
     )
-    print(f"\nuser metrics cost: {on - off:+.1f} µs of proxy CPU per request")
-    print(
-        f"sidecar start to first successful request: median {statistics.median(ready_ms):.0f} ms "
-        f"(min {min(ready_ms):.0f}, max {max(ready_ms):.0f}, {len(ready_ms)} starts); "
-        f"idle RSS median {statistics.median(idle_rss):.1f} MiB"
-    )
+    parser.add_argument("--strace", action="store_true", help="count syscalls in an extra round")
+    parser.add_argument("--go-binary", default=os.environ.get("QP_GO_BINARY") or None)
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    options = parser.parse_args(argv)
+    for name, normal, quick in (("rounds", 3, 1), ("duration", 5.0, 2.0), ("starts", 5, 3)):
+        if getattr(options, name) is None:
+            setattr(options, name, quick if options.quick else normal)
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    out = sys.stderr if options.json == "-" else sys.stdout
+    kinds = choose_targets(options)
+    proxies = [kind for kind in kinds if kind != "direct"]
+    if options.dry_run:
+        runs = len(options.scenarios) * options.rounds * len(kinds)
+        plan = {
+            "targets": kinds,
+            "scenarios": [asdict(SCENARIOS[name]) for name in options.scenarios],
+            "wrk_runs": runs,
+            "estimated_seconds": round(
+                runs * (options.duration + 0.2)
+                + options.strace * len(options.scenarios) * len(proxies) * options.duration
+                + options.starts * len(proxies) * 1.0
+            ),
+            "options": vars(options),
+        }
+        print(json.dumps(plan, indent=2), file=out)
+        if options.json:
+            write_json(options.json, {"dry_run": True, **plan})
+        return 0
+    missing = [tool for tool in ("wrk", "strace" if options.strace else "") if tool]
+    missing = [tool for tool in missing if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"not installed: {', '.join(missing)} (apt-get install {missing[0]})")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    meta = environment() | {"go_binary": options.go_binary if "go" in kinds else None}
+    with tempfile.TemporaryDirectory(prefix="queueproxy-bench-") as workdir:
+        try:
+            results, starts = run(options, kinds, Path(workdir))
+        except (RuntimeError, TimeoutError) as error:
+            logs = "".join(
+                f"\n--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-15:])
+                for log in sorted(Path(workdir).glob("*.log"))
+            )
+            raise SystemExit(f"benchmark failed: {error}{logs}") from None
+    meta["loadavg_after"] = list(os.getloadavg())
+    print_report(results, starts, options, meta, out)
+    if options.json:
+        write_json(options.json, to_json(results, starts, options, meta))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
