@@ -86,7 +86,31 @@ _CHUNK_EXT = re.compile(
     rb'(?:[ \t]*=[ \t]*(?:[!#$%&\'*+\-.^_`|~0-9A-Za-z]+|"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]'
     rb'|\\[\t\x20-\x7e\x80-\xff])*"))?)*'
 )
+# Byte sets for checks done by bytes.translate (C speed, no per-character Python work): what
+# remains after deleting the allowed bytes must be empty.
+_ALL = bytes(range(256))
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# field-vchar, SP, HTAB and obs-text: everything but CTLs (RFC 9110 §5.5)
+_FIELD_BYTES = bytes(b for b in _ALL if b >= 0x20 and b != 0x7F) + b"\t"
+_URI_BYTES = bytes(b for b in _TCHAR if b not in b"#^`|") + b"/?:@;=,()[]"
+_REG_NAME_BYTES = (
+    _URI_BYTES.replace(b"/", b"")
+    .replace(b"?", b"")
+    .replace(b":", b"")
+    .replace(b"@", b"")
+    .replace(b"[", b"")
+    .replace(b"]", b"")
+)
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _BARE_CR_OR_LF = re.compile(rb"\r[^\n]|(?<!\r)\n")
+# Response fields that frame the message, manage the connection (RFC 9110 §7.6.1) or are
+# added when missing (Date): the rest of a response head is forwarded untouched.
+_FIELDS_OF_NOTE = re.compile(
+    rb"^(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
+    rb"|upgrade|proxy-authenticate|proxy-authorization|date):[ \t]*([^\r]*?)[ \t]*\r$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 class ProtocolError(Exception):
@@ -139,18 +163,44 @@ class RequestHead:
 
 
 class ResponseHead:
-    """A validated response head from the app: status, fields and framing (RFC 9112 §6.3)."""
+    """A validated response head from the app: status, fields and framing (RFC 9112 §6.3).
 
-    __slots__ = ("status", "version", "headers", "framing", "length", "keep_alive", "connection")
+    `fields` is the field block as received (each line with its CRLF). When `plain` is true it
+    holds no connection-specific field (RFC 9110 §7.6.1) and nothing the proxy must re-frame, so
+    it may be forwarded as it is; otherwise `headers` lists the fields one by one.
+    """
+
+    __slots__ = (
+        "status",
+        "version",
+        "fields",
+        "plain",
+        "has_date",
+        "framing",
+        "length",
+        "keep_alive",
+        "connection",
+    )
 
     def __init__(self) -> None:
         self.status = 0
         self.version = b"1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.fields = b""
+        self.plain = True
+        self.has_date = False
         self.framing = NO_BODY
         self.length = 0
         self.keep_alive = True
         self.connection: frozenset[bytes] = frozenset()
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The fields as (name, value) pairs, value without OWS."""
+        pairs = []
+        for line in self.fields.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            pairs.append((name, value.strip(b" \t")))
+        return pairs
 
 
 # -- Finding a head ----------------------------------------------------------------------------
@@ -209,17 +259,27 @@ def skip_empty_lines(buffer: bytes | bytearray, start: int) -> int:
 
 
 def _parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
-    match = _REQUEST_LINE.fullmatch(line)
-    if match is None:
+    method, _, rest = line.partition(b" ")
+    target, _, version = rest.partition(b" ")
+    if not method or method.translate(None, _TCHAR) or not target or not version:
         if line.count(b" ") == 1:
             raise ProtocolError(400, "Bad Request: malformed request line (no HTTP version)")
         raise ProtocolError(400, "Bad Request: malformed request line")
-    method, target, major, minor = match.groups()
-    if major != b"1":
+    if version == b"HTTP/1.1" or version == b"HTTP/1.0":
+        return method, target, version[5:]
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise ProtocolError(400, "Bad Request: malformed request line")
+    if match.group(1) != b"1":
         raise ProtocolError(505, "HTTP Version Not Supported")
     # RFC 9110 §6.2: a higher minor version is answered as the highest we implement.
-    version = b"1.0" if minor == b"0" else b"1.1"
-    return method, target, version
+    return method, target, b"1.0" if match.group(2) == b"0" else b"1.1"
+
+
+def _field_block_ok(block: bytes) -> bool:
+    """No control character but HTAB, and every CR and LF part of a CRLF (RFC 9112 §2.2, §5.2)."""
+    rest = block.translate(None, _FIELD_BYTES)
+    return len(rest) == 2 * block.count(b"\r\n")
 
 
 def parse_request_head(head: bytes) -> RequestHead:
@@ -230,9 +290,8 @@ def parse_request_head(head: bytes) -> RequestHead:
     """
     line_end = head.find(b"\r\n")
     method, target, version = _parse_request_line(head[:line_end])
-    fields_start = line_end + 2
-    if _FIELDS.fullmatch(head, fields_start, len(head) - 2) is None:
-        raise ProtocolError(400, "Bad Request: malformed header field")
+    if not _field_block_ok(head):
+        raise ProtocolError(400, "Bad Request: control character or bare CR/LF in the head")
     request = RequestHead()
     request.method = method
     request.version = version
@@ -248,8 +307,11 @@ def parse_request_head(head: bytes) -> RequestHead:
     transfer_encoding: list[bytes] | None = None
     connection: list[bytes] | None = None
     upgrade = b""
+    fields_start = line_end + 2
     for line in head[fields_start:-4].split(b"\r\n") if len(head) > fields_start + 2 else ():
-        name, _, value = line.partition(b":")
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TCHAR):
+            raise ProtocolError(400, "Bad Request: malformed header field")
         value = value.strip(b" \t")
         headers.append((name, value))
         lname = name.lower()
@@ -272,7 +334,7 @@ def parse_request_head(head: bytes) -> RequestHead:
 
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise ProtocolError(400, "Bad Request: missing or duplicate Host header")
-    if host is not None and _HOST.fullmatch(host) is None:
+    if host is not None and not _valid_host(host):
         raise ProtocolError(400, "Bad Request: invalid Host header")
     request.host = target_host if target_host is not None else host
 
@@ -299,10 +361,25 @@ def parse_request_head(head: bytes) -> RequestHead:
     return request
 
 
+def _valid_host(host: bytes) -> bool:
+    """uri-host [ ":" port ] (RFC 9110 §7.2, RFC 3986 §3.2.2)."""
+    name, colon, port = host.partition(b":")
+    if not name.translate(None, _REG_NAME_BYTES) and (not colon or not port or port.isdigit()):
+        return b"%" not in name or _BAD_ESCAPE.search(name) is None
+    return _HOST.fullmatch(host) is not None
+
+
+def _valid_target(target: bytes) -> bool:
+    """RFC 3986 characters only; `%` must start a %XX escape."""
+    if target.translate(None, _URI_BYTES):
+        return False
+    return b"%" not in target or _BAD_ESCAPE.search(target) is None
+
+
 def _origin_form(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
     """The target to send upstream and, for absolute-form, the authority that replaces Host."""
     if target[0] == 47:  # "/"
-        if _TARGET.fullmatch(target) is None:
+        if not _valid_target(target):
             raise ProtocolError(400, "Bad Request: invalid request target")
         return target, None
     if target == b"*":
@@ -313,9 +390,9 @@ def _origin_form(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
     if (
         match is None
         or match.group(1).lower() not in (b"http", b"https")
-        or _TARGET.fullmatch(target) is None
+        or not _valid_target(target)
         or b"@" in match.group(2)
-        or _HOST.fullmatch(match.group(2)) is None
+        or not _valid_host(match.group(2))
     ):
         raise ProtocolError(400, "Bad Request: invalid request target")
     path = match.group(3) or b"/"
@@ -380,28 +457,31 @@ def parse_response_head(
     status = response.status = int(match.group(2))
     if status < 100:
         raise ProtocolError(502, "malformed HTTP status code")
-    headers = response.headers
+    fields = response.fields = head[line_end + 2 : -2]
     content_length: bytes | None = None
     lengths = 0
     transfer_encoding: list[bytes] | None = None
     connection: list[bytes] | None = None
-    if len(head) > line_end + 4:
-        for line in head[line_end + 2 : -4].split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            value = value.strip(b" \t")
-            headers.append((name, value))
-            lname = name.lower()
-            if lname == b"content-length":
-                content_length = value
-                lengths += 1
-            elif lname == b"transfer-encoding":
-                if transfer_encoding is None:
-                    transfer_encoding = []
-                transfer_encoding.append(value)
-            elif lname == b"connection":
+    plain = True
+    # Only the fields that frame the message or manage the connection are looked at one by one.
+    for found in _FIELDS_OF_NOTE.finditer(fields):
+        lname = found.group(1).lower()
+        if lname == b"content-length":
+            content_length = found.group(2)
+            lengths += 1
+        elif lname == b"date":
+            response.has_date = True
+        elif lname == b"transfer-encoding":
+            plain = False
+            if transfer_encoding is None:
+                transfer_encoding = []
+            transfer_encoding.append(found.group(2))
+        else:
+            plain = False
+            if lname == b"connection":
                 if connection is None:
                     connection = []
-                connection.append(value)
+                connection.append(found.group(2))
     tokens = _connection_tokens(connection)
     response.connection = tokens
     if response.version == b"1.1":
@@ -418,6 +498,9 @@ def parse_response_head(
             response.length = _content_length(content_length, lengths, 502)
         except ProtocolError:
             raise ProtocolError(502, "invalid Content-Length in response") from None
+        if status == 204 or status < 200:
+            plain = False  # a Content-Length that must not be forwarded (RFC 9110 §8.6)
+    response.plain = plain
     if status < 200 or status == 204 or status == 304 or request_method == b"HEAD":
         response.framing = NO_BODY  # whatever the fields say (RFC 9112 §6.3, items 1)
         return response

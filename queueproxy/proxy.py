@@ -624,40 +624,33 @@ class ClientConnection(asyncio.Protocol):
         exchange.response_started = True
         exchange.replay = None
         version = exchange.version
-        named = response.connection - PROTECTED_FIELDS if response.connection else None
-        lines = [status_line(version, status)]
-        has_date = False
-        app_length: bytes | None = None
-        for name, value in response.headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                continue
-            if lname == b"content-length":
-                app_length = value
-                continue
-            if named is not None and lname in named:
-                continue
-            if lname == b"date":
-                has_date = True
-            lines.append(name + b": " + value + b"\r\n")
-        if not has_date:
-            lines.append(DATE.line)
+        framing = response.framing
+        if response.plain:
+            # Nothing connection-specific: the app's fields go on as they are, its
+            # Content-Length (validated) included.
+            lines = [status_line(version, status), response.fields]
+            if not response.has_date:
+                lines.append(DATE.line)
+        else:
+            lines = self._forwarded_fields(version, response)
+            if framing == LENGTH:
+                lines.append(b"Content-Length: %d\r\n" % response.length)
+            elif framing == NO_BODY and status >= 200 and status != 204:
+                # 304 and HEAD keep the length of the representation (RFC 9110 §8.6); a 204 and
+                # a 1xx never carry one.
+                for name, value in response.headers:
+                    if name.lower() == b"content-length":
+                        lines.append(b"Content-Length: " + value + b"\r\n")
         if self.path.track_writes:
             self.timer.wrote(self.loop.time())
-        framing = response.framing
         if status == 101:
             lines.append(b"Connection: Upgrade\r\nUpgrade: " + exchange.upgrade + b"\r\n")
             exchange.response_framing = NO_BODY
-        elif framing == NO_BODY:
-            exchange.response_framing = NO_BODY
-            # 304 and HEAD keep the length of the representation (RFC 9110 §8.6); a 204 and a
-            # 1xx never carry one.
-            if app_length is not None and status != 204 and status >= 200:
-                lines.append(b"Content-Length: " + app_length + b"\r\n")
         elif framing == LENGTH:
             exchange.response_framing = LENGTH
             exchange.response_length = response.length
-            lines.append(b"Content-Length: %d\r\n" % response.length)
+        elif framing == NO_BODY:
+            exchange.response_framing = NO_BODY
         elif version == b"1.1":
             exchange.response_framing = CHUNKED
             lines.append(b"Transfer-Encoding: chunked\r\n")
@@ -675,6 +668,25 @@ class ClientConnection(asyncio.Protocol):
         # Held until the first body bytes or the end of this read (`flush`): head and body of a
         # small response leave in one write, one system call.
         self.held = b"".join(lines)
+
+    def _forwarded_fields(self, version: bytes, response: ResponseHead) -> list[bytes]:
+        """Status line and the app's fields without connection-specific ones (RFC 9110 §7.6.1)
+        and without its framing, which the caller renders from the framing decision."""
+        named = response.connection - PROTECTED_FIELDS if response.connection else None
+        lines = [status_line(version, response.status)]
+        has_date = False
+        for name, value in response.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname == b"content-length":
+                continue
+            if named is not None and lname in named:
+                continue
+            if lname == b"date":
+                has_date = True
+            lines.append(name + b": " + value + b"\r\n")
+        if not has_date:
+            lines.append(DATE.line)
+        return lines
 
     def flush(self) -> None:
         """Write a held response head: called when a read from the app has been handled."""
