@@ -72,7 +72,8 @@ class EndpointProtocol(asyncio.Protocol):
         self.request: Request | None = None  # read, body still arriving
         self.reader: BodyReader | None = None
         self.busy = False  # a handler is running or its answer is being sent
-        self.paused = False
+        self.paused = False  # reading stopped while busy or while the client is not reading
+        self.writing_paused = False
         self.header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,13 +91,27 @@ class EndpointProtocol(asyncio.Protocol):
         self.buffer += data
         self._process()
 
+    def pause_writing(self) -> None:
+        # A client that does not read its answers gets no more of them until it does.
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if not self.busy and self.transport is not None:
+            if self.paused:
+                self.paused = False
+                self.transport.resume_reading()
+            if self.buffer:
+                self._process()
+
     # -- Reading -------------------------------------------------------------------------------
 
     def _process(self) -> None:
         buffer = self.buffer
         pos = 0
+        incomplete = False
         try:
-            while self.transport is not None and not self.busy:
+            while self.transport is not None and not self.busy and not self.writing_paused:
                 if self.reader is not None:
                     _, pos = self.reader.read(buffer, pos)  # type: ignore[arg-type]
                     if not self.reader.done:
@@ -118,6 +133,7 @@ class EndpointProtocol(asyncio.Protocol):
                         buffer, start, self.scanned, self.line_checked
                     )
                     pos = start
+                    incomplete = True
                     break
                 head = parse_request_head(bytes(buffer[start:end]))
                 pos = end
@@ -133,8 +149,8 @@ class EndpointProtocol(asyncio.Protocol):
         if pos:
             del buffer[:pos]
         # Heads are searched from where the last search stopped (absolute index into the buffer).
-        self.scanned = len(buffer) if self.reader is None and not self.busy else 0
-        if self.busy and buffer and not self.paused:
+        self.scanned = len(buffer) if incomplete else 0
+        if (self.busy or self.writing_paused) and buffer and not self.paused:
             self.paused = True
             self.transport.pause_reading()
 
@@ -190,7 +206,7 @@ class EndpointProtocol(asyncio.Protocol):
         if not request.keep_alive:
             self._close()
             return
-        if self.paused:
+        if self.paused and not self.writing_paused:
             self.paused = False
             transport.resume_reading()
 

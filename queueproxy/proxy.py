@@ -320,6 +320,11 @@ class ClientConnection(asyncio.Protocol):
             exchange.upstream.resume_reading()
         if self.tunnel_upstream is not None:
             self.tunnel_upstream.resume_reading()
+        if self.reading_paused & _ANSWERING and exchange is None:
+            # Requests waited for the client to read its answers: go on with them.
+            self._resume_reading(_ANSWERING)
+            if self.buffer and not self.processing:
+                self._process(self.buffer)
 
     # -- Reading requests ----------------------------------------------------------------------
 
@@ -346,8 +351,11 @@ class ClientConnection(asyncio.Protocol):
                     self.reader = None
                     self._request_complete(exchange, reader.trailers)
                     continue
-                if self.exchange is not None or pos >= len(data):
-                    break  # answering: what follows waits (reading stops below)
+                if self.exchange is not None or pos >= len(data) or self.writing_paused:
+                    # Answering, or the client is not reading its answers (pipelined requests
+                    # answered here could otherwise fill memory): what follows waits, and
+                    # reading stops below.
+                    break
                 pos = self._read_head(data, pos)
                 if pos < 0:
                     return
@@ -359,7 +367,11 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         self._keep(data, pos)
-        if self.buffer and self.exchange is not None and self.reader is None:
+        if (
+            self.buffer
+            and self.reader is None
+            and (self.exchange is not None or self.writing_paused)
+        ):
             self._pause_reading(_ANSWERING)
 
     def _read_head(self, data: bytes | bytearray, pos: int) -> int:
@@ -825,6 +837,8 @@ class ClientConnection(asyncio.Protocol):
         if not exchange.keep_alive or self.reader is not None:
             self._close()
             return
+        if self.writing_paused:
+            return  # resume_writing goes on with what is buffered
         self._resume_reading(_ANSWERING)
         if self.buffer and not self.processing:
             self._process(self.buffer)

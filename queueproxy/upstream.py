@@ -54,6 +54,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.response: ResponseHead | None = None
         self.reader: BodyReader | None = None
         self.received = False  # a byte of the current exchange's response arrived
+        self.stale = False  # those bytes could not begin a response
         self.tunnel = False
         self.reused = False
         self.closed = False
@@ -113,7 +114,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             exchange.conn.tunnel_data(data)
             return
-        self.received = True
+        if not self.received:
+            self.received = True
+            # What cannot begin a response is left over from the connection's last one (an app
+            # that wrote past its response): the connection was stale, not this answer wrong.
+            self.stale = self.reused and not b"HTTP/".startswith(data[:5])
         buffer = self.buffer
         if buffer:
             buffer += data
@@ -122,7 +127,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._process(exchange, data)
         except ProtocolError as error:
             self.abort()
-            exchange.conn.upstream_failed(exchange, error.reason)
+            conn = exchange.conn
+            if not (self.stale and conn.retry_upstream(exchange)):
+                conn.upstream_failed(exchange, error.reason)
         exchange.conn.flush()
 
     def _process(self, exchange: Exchange, data: bytes) -> None:
