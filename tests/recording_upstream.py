@@ -136,6 +136,7 @@ class RecordingUpstream:
         self._errors: list[str] = []
         self._scripts: dict[bytes, Script] = {}
         self._busy: set[int] = set()  # connections in the middle of a request
+        # Last change to a request not sent by the well-behaved client (that one never stops).
         self._last_activity = time.monotonic()
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -189,6 +190,8 @@ class RecordingUpstream:
             self._records.clear()
             self._errors.clear()
             self._scripts.clear()
+            self._busy.clear()  # a connection left hanging earlier is not this test's business
+            self._last_activity = time.monotonic()
 
     def script(self, marker: bytes, script: Script) -> None:
         """Answer the first request whose target contains `marker` with `script`."""
@@ -203,12 +206,14 @@ class RecordingUpstream:
         with self._lock:
             return list(self._errors)
 
-    def wait_quiet(self, idle: float = 0.03, cap: float = 1.0) -> bool:
-        """Wait until no request is half-received and nothing arrived for `idle` seconds."""
+    def wait_quiet(self, idle: float = 0.03, cap: float = 1.0, busy_ok: bool = False) -> bool:
+        """Wait until no request is half-received (unless `busy_ok`) and no request other than
+        the well-behaved client's changed for `idle` seconds."""
         deadline = time.monotonic() + cap
         while time.monotonic() < deadline:
             with self._lock:
-                quiet = not self._busy and time.monotonic() - self._last_activity >= idle
+                settled = time.monotonic() - self._last_activity >= idle
+                quiet = settled and (busy_ok or not self._busy)
             if quiet:
                 return True
             time.sleep(0.005)
@@ -220,9 +225,10 @@ class RecordingUpstream:
         with self._lock:
             self._errors.append(f"upstream conn {conn_id}: {message}")
 
-    def _touch(self) -> None:
-        with self._lock:
-            self._last_activity = time.monotonic()
+    def _touch(self, record: Recorded | None) -> None:
+        if record is None or not record.good:
+            with self._lock:
+                self._last_activity = time.monotonic()
 
     def _set_busy(self, conn_id: int, busy: bool) -> None:
         with self._lock:
@@ -269,6 +275,7 @@ class RecordingUpstream:
                     # The proxy closed in the middle of a request: an abort, not malformed bytes.
                     if current is not None and not current.complete:
                         current.aborted = True
+                        self._touch(current)
                     elif before.strip():
                         self._error(conn_id, f"closed after a partial head {before[:80]!r}")
                 else:
@@ -279,7 +286,6 @@ class RecordingUpstream:
                     data = await reader.read(65536)
                 except ConnectionError:
                     data = b""
-                self._touch()
                 if not data:
                     eof = True
                     if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
@@ -301,14 +307,17 @@ class RecordingUpstream:
                 )
                 with self._lock:
                     self._records.append(current)
+                self._touch(current)
             elif isinstance(event, h11.Data):
                 assert current is not None
                 current.body += event.data
+                self._touch(current)
             elif isinstance(event, h11.EndOfMessage):
                 assert current is not None
                 current.trailers = [(bytes(n), bytes(v)) for n, v in event.headers]
                 current.complete = True
                 self._set_busy(conn_id, False)
+                self._touch(current)
                 if not await self._answer(conn_id, conn, current, reader, writer):
                     return
                 current = None
@@ -375,6 +384,6 @@ class RecordingUpstream:
                 writer.write(data)
                 await writer.drain()
             data = await reader.read(65536)
-            self._touch()
+            self._touch(record)
             if not data:
                 return
