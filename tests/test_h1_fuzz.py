@@ -311,7 +311,9 @@ def check_stream(stack: Stack, data: bytes, splits: list[int]) -> list[str]:
                 if not send_quietly(sock, data[start:stop]):
                     break
             reader = ResponseReader(sock, time.monotonic() + READ_DEADLINE)
-            responses = read_responses(reader, [m for m, _, _ in oracle], len(must))
+            # Every request h11 accepts is answered by the app or ends in an error and a close:
+            # the proxy only leaves the connection quiet when it waits for more bytes.
+            responses = read_responses(reader, [m for m, _, _ in oracle], len(oracle))
             upstream.wait_quiet(idle=0.05, cap=0.5, busy_ok=True)
             answered = sum(1 for r in responses if r.echo is not None)
             forwarded = sum(1 for r in upstream.records() if not r.good and r.complete)
