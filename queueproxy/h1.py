@@ -243,6 +243,12 @@ def check_partial_head(
         # No CRLF lay before `scanned`, or the line would have been checked then.
         line_end = buffer.find(b"\r\n", max(start, scanned - 1))
         if line_end < 0:
+            # The method so far must be a token: binary data (a TLS handshake, websocket
+            # frames after a declined upgrade) is refused at once, not after a minute.
+            space = buffer.find(b" ", start, start + 64)
+            method = buffer[start : space if space >= 0 else start + 64]
+            if bytes(method).translate(None, _TCHAR) or space == start:
+                raise ProtocolError(400, "Bad Request: malformed request line")
             return False
         _parse_request_line(bytes(buffer[start:line_end]))
     return True

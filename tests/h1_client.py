@@ -59,6 +59,13 @@ class ResponseReader:
         self.error: str | None = None  # h11 rejected what the proxy sent
         self.switched = False  # a 101 was read; what follows is not HTTP
         self.extra = b""  # bytes after a response that announced `Connection: close`
+        self.last_version = b"1.1"
+
+    def _http10_keep_alive(self, response: Response) -> bool:
+        return self.last_version == b"1.0" and any(
+            name.lower() == b"connection" and b"keep-alive" in value.lower()
+            for name, value in response.headers
+        )
 
     @property
     def must_close(self) -> bool:
@@ -121,6 +128,7 @@ class ResponseReader:
                     return Response(101, list(event.headers), complete=True)
                 self.informational.append(event.status_code)
             elif isinstance(event, h11.Response):
+                self.last_version = event.http_version
                 response = Response(event.status_code, list(event.headers))
             elif isinstance(event, h11.Data):
                 body += event.data
@@ -128,6 +136,15 @@ class ResponseReader:
                 assert response is not None
                 response.body = bytes(body)
                 response.complete = True
+                if conn.their_state is h11.MUST_CLOSE and self._http10_keep_alive(response):
+                    # h11 never keeps an HTTP/1.0 connection alive; RFC 9112 §9.3 lets a
+                    # `Connection: keep-alive` response do so: read on with a fresh h11.
+                    trailing, closed = conn.trailing_data
+                    self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=1 << 20)
+                    if trailing:  # h11 reads b"" as the peer's close
+                        self.conn.receive_data(trailing)
+                    if closed:
+                        self.conn.receive_data(b"")
                 return response
             elif isinstance(event, h11.ConnectionClosed):
                 self.closed = True

@@ -356,3 +356,9 @@ def test_content_length_reader_stops_at_its_length() -> None:
     assert (chunks, pos, reader.done) == ([b"hel"], 3, False)
     chunks, pos = reader.read(b"loGET /", 0)
     assert (chunks, pos, reader.done) == ([b"lo"], 2, True)
+
+
+@pytest.mark.parametrize("partial", [b"\x16\x03\x01\x02", b"\x81\x85garbage", b" GET", b"GE(T"])
+def test_a_request_line_that_cannot_start_a_method_is_refused_at_once(partial: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        check_partial_head(partial, 0, 0, False)
