@@ -103,14 +103,24 @@ _REG_NAME_BYTES = (
 )
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
-_BARE_CR_OR_LF = re.compile(rb"\r[^\n]|(?<!\r)\n")
 # Response fields that frame the message, manage the connection (RFC 9110 §7.6.1) or are
 # added when missing (Date): the rest of a response head is forwarded untouched.
-_FIELDS_OF_NOTE = re.compile(
-    rb"^(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer"
-    rb"|upgrade|proxy-authenticate|proxy-authorization|date):[ \t]*([^\r]*?)[ \t]*\r$",
-    re.IGNORECASE | re.MULTILINE,
+_FIELDS_OF_NOTE = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"date",
+    }
 )
+_BARE_CR_OR_LF = re.compile(rb"\r[^\n]|(?<!\r)\n")
 
 
 class ProtocolError(Exception):
@@ -165,14 +175,15 @@ class RequestHead:
 class ResponseHead:
     """A validated response head from the app: status, fields and framing (RFC 9112 §6.3).
 
-    `fields` is the field block as received (each line with its CRLF). When `plain` is true it
-    holds no connection-specific field (RFC 9110 §7.6.1) and nothing the proxy must re-frame, so
-    it may be forwarded as it is; otherwise `headers` lists the fields one by one.
+    `headers` lists the fields (name as sent, value without OWS); `fields` is the same block as
+    received (each line with its CRLF). When `plain` is true it holds no connection-specific
+    field (RFC 9110 §7.6.1) and nothing the proxy must re-frame, so it may be forwarded as is.
     """
 
     __slots__ = (
         "status",
         "version",
+        "headers",
         "fields",
         "plain",
         "has_date",
@@ -185,6 +196,7 @@ class ResponseHead:
     def __init__(self) -> None:
         self.status = 0
         self.version = b"1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
         self.fields = b""
         self.plain = True
         self.has_date = False
@@ -192,15 +204,6 @@ class ResponseHead:
         self.length = 0
         self.keep_alive = True
         self.connection: frozenset[bytes] = frozenset()
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """The fields as (name, value) pairs, value without OWS."""
-        pairs = []
-        for line in self.fields.split(b"\r\n")[:-1]:
-            name, _, value = line.partition(b":")
-            pairs.append((name, value.strip(b" \t")))
-        return pairs
 
 
 # -- Finding a head ----------------------------------------------------------------------------
@@ -453,14 +456,21 @@ def parse_response_head(
     or repeated Content-Length, or a transfer coding other than chunked.
     """
     line_end = head.find(b"\r\n")
-    match = _STATUS_LINE.fullmatch(head, 0, line_end)
-    if match is None:
+    # status-line = HTTP-version SP 3DIGIT SP [ reason-phrase ] (RFC 9112 §4); the SP before an
+    # empty reason is commonly left out and harmless.
+    if (
+        not head.startswith(b"HTTP/1.")
+        or not head[7:8].isdigit()
+        or head[8:9] != b" "
+        or not head[9:12].isdigit()
+        or (line_end > 12 and head[12:13] != b" ")
+    ):
         raise ProtocolError(502, "malformed HTTP status line")
-    if _FIELDS.fullmatch(head, line_end + 2, len(head) - 2) is None:
-        raise ProtocolError(502, "malformed HTTP response header field")
+    if not _field_block_ok(head):
+        raise ProtocolError(502, "malformed HTTP response head: control character or bare CR/LF")
     response = ResponseHead()
-    response.version = b"1.0" if match.group(1) == b"0" else b"1.1"
-    status = response.status = int(match.group(2))
+    response.version = b"1.0" if head[7] == 48 else b"1.1"
+    status = response.status = int(head[9:12])
     if status < 100:
         raise ProtocolError(502, "malformed HTTP status code")
     fields = response.fields = head[line_end + 2 : -2]
@@ -469,25 +479,32 @@ def parse_response_head(
     transfer_encoding: list[bytes] | None = None
     connection: list[bytes] | None = None
     plain = True
-    # Only the fields that frame the message or manage the connection are looked at one by one.
-    for found in _FIELDS_OF_NOTE.finditer(fields):
-        lname = found.group(1).lower()
+    headers = response.headers
+    for line in fields[:-2].split(b"\r\n") if fields else ():
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TCHAR):
+            raise ProtocolError(502, "malformed HTTP response header field")
+        value = value.strip(b" \t")
+        headers.append((name, value))
+        lname = name.lower()
+        if lname not in _FIELDS_OF_NOTE:
+            continue
         if lname == b"content-length":
-            content_length = found.group(2)
+            content_length = value
             lengths += 1
         elif lname == b"date":
             response.has_date = True
-        elif lname == b"transfer-encoding":
-            plain = False
-            if transfer_encoding is None:
-                transfer_encoding = []
-            transfer_encoding.append(found.group(2))
         else:
+            # Connection-specific (RFC 9110 §7.6.1) or framing: the head is rebuilt.
             plain = False
-            if lname == b"connection":
+            if lname == b"transfer-encoding":
+                if transfer_encoding is None:
+                    transfer_encoding = []
+                transfer_encoding.append(value)
+            elif lname == b"connection":
                 if connection is None:
                     connection = []
-                connection.append(found.group(2))
+                connection.append(value)
     tokens = _connection_tokens(connection)
     response.connection = tokens
     if response.version == b"1.1":
