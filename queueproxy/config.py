@@ -10,6 +10,7 @@ local mode: no Knative variables, every setting has a default and a flag. In bot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -122,6 +123,7 @@ class Config:
     drain_quiet_period: float
     certs_dir: str
     cert_reload_seconds: float  # QUEUEPROXY_CERT_RELOAD_SECONDS: how often TLS files are re-read
+    local: bool = False  # started with arguments (local mode): see `load`
 
 
 # --- Scalar parsers: text -> value, or ValueError whose message shows the text ---------------
@@ -472,7 +474,7 @@ def _v118_observability(environ: Mapping[str, str]) -> Observability:
     )
 
 
-def _load_knative(environ: Mapping[str, str]) -> Config:
+def _load_knative(environ: Mapping[str, str], labels: Mapping[str, str] | None = None) -> Config:
     values = {
         name.lower(): _env(environ, name, parse, default)
         for name, parse, default in KNATIVE_VARIABLES
@@ -491,7 +493,40 @@ def _load_knative(environ: Mapping[str, str]) -> Config:
         )
     observability = _env_nonempty(environ, "OBSERVABILITY_CONFIG", parse_observability, None)
     values["observability"] = observability or _v118_observability(environ)
+    _check_ports(values, labels or {})
     return Config(**values)
+
+
+# The sidecar's own ports: (Config field, variable, what it is). Knative's API validation refuses
+# them as the user container's port (`pkg/apis/serving/k8s_validation.go`, `reservedPorts`).
+SIDECAR_PORTS: tuple[tuple[str, str, str], ...] = (
+    ("queue_serving_port", "QUEUE_SERVING_PORT", "serving port"),
+    ("queue_serving_tls_port", "QUEUE_SERVING_TLS_PORT", "TLS port"),
+    ("admin_port", "QUEUEPROXY_ADMIN_PORT", "admin port"),
+    ("metrics_port", "QUEUEPROXY_METRICS_PORT", "metrics port"),
+    ("user_metrics_port", "QUEUEPROXY_USER_METRICS_PORT", "user metrics port"),
+)
+
+
+def _check_ports(values: Mapping[str, Any], labels: Mapping[str, str]) -> None:
+    """USER_PORT must not be one of the sidecar's ports: the first request would loop back into
+    the sidecar for ever. Nor may two of the sidecar's own ports be the same. `labels` renames
+    variables in the message (local mode names its flags)."""
+
+    def label(name: str) -> str:
+        return labels.get(name, name)
+
+    seen: dict[int, str] = {}
+    for field, name, what in SIDECAR_PORTS:
+        port = values[field]
+        if port == values["user_port"]:
+            raise ConfigError(
+                f"{label('USER_PORT')}: {port} is also the sidecar's {what} ({label(name)}); "
+                "requests to the app would loop back into the sidecar"
+            )
+        if port in seen:
+            raise ConfigError(f"{label(name)}: {port} is also {label(seen[port])}")
+        seen[port] = name
 
 
 # --- Local mode: flags become the environment Knative would have set --------------------------
@@ -533,6 +568,11 @@ _EPILOG = "\n\n".join(
 )
 _METAVARS = {"--bind": "ADDRESS", "--drain-quiet-period": "SECONDS", "--readiness-probe": "JSON"}
 
+# Local mode's drain ends after this long without a request (pod mode: Knative's 30 s). Nobody
+# needs to be taken out of a load balancer's rotation, so Ctrl-C stops in about a second, and
+# requests still arriving keep it draining as they do in a pod.
+LOCAL_QUIET_PERIOD = 1.0
+
 # (flag, the variable it stands for, parser, default, help). A flag without a default falls back
 # to its QUEUEPROXY_* variable, then to that variable's default.
 # fmt: off
@@ -556,7 +596,8 @@ LOCAL_FLAGS: tuple[tuple[str, str, Parser, Any, str], ...] = (
      "port for user request metrics (default: $QUEUEPROXY_USER_METRICS_PORT or 9091)"),
     ("--drain-quiet-period", "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS", parse_seconds, None,
      "seconds without requests that end a drain "
-     "(default: $QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS or 30)"),
+     f"(default: $QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS or {LOCAL_QUIET_PERIOD:g}; "
+     "Knative's 30 in pod mode)"),
     ("--readiness-probe", "SERVING_READINESS_PROBE", _probe_json, '{"tcpSocket":{}}',
      "Kubernetes probe JSON or a JSON array of them; no port = the upstream port; "
      "'' = always ready"),
@@ -605,6 +646,7 @@ def _local_environ(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
     """The environment Knative would have set for these flags."""
     env = {
         "QUEUEPROXY_BIND_ADDRESS": LOCALHOST,
+        "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS": str(LOCAL_QUIET_PERIOD),
         "QUEUE_SERVING_TLS_PORT": "8112",
         "SERVING_POD_IP": LOCALHOST,
         "SERVING_LOGGING_CONFIG": "",
@@ -629,5 +671,7 @@ def _local_environ(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     """The whole configuration: the Knative environment if `argv` is empty, else local mode."""
     if argv:
-        return _load_knative(_local_environ(_local_parser().parse_args(list(argv)), environ))
+        env = _local_environ(_local_parser().parse_args(list(argv)), environ)
+        flags = {name: flag for flag, name, *_ in LOCAL_FLAGS}
+        return dataclasses.replace(_load_knative(env, flags), local=True)
     return _load_knative(environ)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
+from typing import NoReturn
 
 import uvloop
 
@@ -237,9 +239,23 @@ class Sidecar:
     # -- Shutdown -------------------------------------------------------------------------------
 
     def on_signal(self, signum: int) -> None:
-        if not self.sigterm.is_set():
-            self.log.info(f"received {signal.Signals(signum).name}: draining")
+        if self.sigterm.is_set():
+            self.exit_now(signum)
+        self.log.info(f"received {signal.Signals(signum).name}: draining")
         self.sigterm.set()
+
+    def exit_now(self, signum: int) -> NoReturn:
+        """A second SIGTERM or SIGINT: exit at once, cutting whatever is in flight.
+
+        Knative's signal handler does the same with status 1 (`knative.dev/pkg/signals`,
+        `SetupSignalHandler`); local mode exits 128 + the signal number, as a shell reports a
+        process a signal ended (130 for Ctrl-C). No clean-up runs: a drain that is stuck is
+        what the second signal is for, and the kernel closes every socket.
+        """
+        status = 128 + signum if self.config.local else 1
+        name = signal.Signals(signum).name
+        os.write(2, f"queueproxy: second {name}: exiting now (status {status})\n".encode())
+        os._exit(status)
 
     async def drain_and_stop(self) -> None:
         """Drain (probes fail, traffic still served), then stop the way Go's Shutdown does."""
@@ -283,13 +299,14 @@ async def _serve(config: Config) -> int:
         sink=output.write,
     )
     sidecar = Sidecar(config, loop, log, output)
+    # Before the listeners open: a signal as soon as the port answers must drain, not kill.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, sidecar.on_signal, signum)
     try:
         await sidecar.start()
     except OSError as error:
         print(f"queueproxy: cannot start: {error}", file=sys.stderr, flush=True)
         return 1
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, sidecar.on_signal, signum)
     log.info(
         f"queue-proxy serving on :{config.queue_serving_port} for 127.0.0.1:{config.user_port}, "
         f"containerConcurrency={config.container_concurrency}"
