@@ -1,4 +1,6 @@
-"""Configuration, parsed once: the Knative environment (contract §2) or local-mode flags.
+"""Configuration, parsed once: the Knative environment or local-mode flags.
+
+The variables and their rules: docs/contract.md#variables.
 
 `load([], environ)` reads the variables the Knative reconciler sets, with the rules of the Go
 binary's `envconfig`: a required variable must be *present* (it may be empty when it is a string),
@@ -19,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-# §10: `pkg/observability/config.go` DefaultRequestLogTemplate (v1.19+).
+# Knative's `pkg/observability/config.go` DefaultRequestLogTemplate (v1.19+).
 DEFAULT_REQUEST_LOG_TEMPLATE = (
     '{"httpRequest": {"requestMethod": "{{.Request.Method}}", '
     '"requestUrl": "{{js .Request.RequestURI}}", "requestSize": "{{.Request.ContentLength}}", '
@@ -61,7 +63,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """One readiness probe of the user container (§7.2), after the reconciler's rewrite."""
+    """One readiness probe of the user container, after the reconciler's rewrite
+    (docs/contract.md#probing-the-app)."""
 
     kind: str  # "tcp" | "http" | "grpc"
     host: str
@@ -232,7 +235,7 @@ def _names_from(allowed: frozenset[str], what: str) -> Callable[[str], tuple[str
     return parse
 
 
-# --- JSON settings: readiness probes (§7.2) and OBSERVABILITY_CONFIG (§2.1) -----------------
+# --- JSON settings: readiness probes and OBSERVABILITY_CONFIG ------------------------------
 
 
 def _decode_json(text: str) -> Any:
@@ -281,7 +284,7 @@ def _probe(obj: Any, user_port: int) -> ProbeSpec:
         raise ValueError(f"negative timing in {json.dumps(obj)}")
     if timing["period_seconds"] > 0 and timing["timeout_seconds"] < 1:
         timing["timeout_seconds"] = 1
-    if handler == "exec":  # kubelet still runs the exec probe; we check the port (§7.2)
+    if handler == "exec":  # kubelet still runs the exec probe; we check the port
         return ProbeSpec("tcp", LOCALHOST, user_port, **timing)
     port = _probe_port(action.get("port"), user_port)
     if handler == "grpc":  # Knative always dials gRPC probes on localhost
@@ -403,7 +406,8 @@ def _env_nonempty(environ: Mapping[str, str], name: str, parse: Parser, default:
     return _parse(name, parse, text) if text else default
 
 
-# (Config field = the lower-cased name, parser, default or _REQUIRED), §2.1 / main.go `config`.
+# (Config field = the lower-cased name, parser, default or _REQUIRED), from Knative's
+# `pkg/queue/sharedmain/main.go` `config` struct.
 KNATIVE_VARIABLES: tuple[tuple[str, Parser, Any], ...] = (
     ("SERVING_NAMESPACE", str, _REQUIRED),
     ("SERVING_SERVICE", str, ""),
@@ -427,7 +431,7 @@ KNATIVE_VARIABLES: tuple[tuple[str, Parser, Any], ...] = (
 )
 REQUIRED_VARIABLES = tuple(name for name, _, default in KNATIVE_VARIABLES if default is _REQUIRED)
 
-# knative.dev/pkg/network/tls DefaultConfigFromEnv("QUEUE_PROXY_"), §11.
+# knative.dev/pkg/network/tls DefaultConfigFromEnv("QUEUE_PROXY_").
 # fmt: off
 TLS_VARIABLES: tuple[tuple[str, str, Parser, Any], ...] = (
     ("tls_min_version", "QUEUE_PROXY_TLS_MIN_VERSION", parse_tls_version, "1.3"),

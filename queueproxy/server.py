@@ -34,13 +34,14 @@ from queueproxy.timeouts import TimeoutRules
 from queueproxy.tls import CertificateWatcher, build_context, tls_enabled
 from queueproxy.usermetrics import UserMetrics, build_user_metrics
 
-# Knative's upstream keep-alive pool: CC idle connections, or 1000 when unlimited (§9.2).
+# Knative's upstream keep-alive pool (`buildTransport`): CC idle connections, 1000 when unlimited.
 UNLIMITED_IDLE_CONNECTIONS = 1000
-# Hijacked connections (websockets) get this long after the listeners close (§8).
+# Hijacked connections (websockets) get this long after the listeners close (Knative's
+# `hijackDrainDuration`).
 HIJACK_DRAIN_SECONDS = 60.0
-# The autoscaler's reporting period (§4.1).
+# The autoscaler's reporting period (`reportingPeriod`).
 REPORTING_PERIOD = 1.0
-# A preStop /wait-for-drain not followed by SIGTERM this soon was a container restart (§8).
+# A preStop /wait-for-drain not followed by SIGTERM this soon was a container restart.
 SIGTERM_GRACE_AFTER_PRESTOP = 1.0
 
 
@@ -174,7 +175,7 @@ class Sidecar:
         self._tick(self.loop.time())
 
     async def _start_tls(self, host: str | None) -> None:
-        """The same data path over TLS on 8112; the admin port stays plain HTTP (§1, §11)."""
+        """The same data path over TLS on 8112; the admin port stays plain HTTP."""
         config = self.config
         context = build_context(config, self.log)
         self.cert_watcher = CertificateWatcher(
@@ -193,7 +194,7 @@ class Sidecar:
         self.log.info(f"TLS on :{config.queue_serving_tls_port} with {config.certs_dir}")
 
     def _tick(self, due: float) -> None:
-        """Cut the statistics window every second (§4.1) and refresh the Date header."""
+        """Cut the statistics window every second and refresh the Date header."""
         now = self.loop.time()
         reported_at = time.monotonic()
         self.snapshot.update(self.stats.report(reported_at), reported_at - self.started)
@@ -224,7 +225,7 @@ class Sidecar:
         return asyncio.ensure_future(self.wait_for_drain())
 
     async def wait_for_drain(self) -> Response:
-        """The user container's preStop hook: answer once the sidecar has drained (§8)."""
+        """The user container's preStop hook: answer once the sidecar has drained."""
         self.loop.call_later(SIGTERM_GRACE_AFTER_PRESTOP, self._undo_drain_without_sigterm)
         self.log.info("preStop /wait-for-drain: draining")
         await self.drainer.drain()
