@@ -502,7 +502,9 @@ def _load_knative(environ: Mapping[str, str], labels: Mapping[str, str] | None =
 
 
 # The sidecar's own ports: (Config field, variable, what it is). Knative's API validation refuses
-# them as the user container's port (`pkg/apis/serving/k8s_validation.go`, `reservedPorts`).
+# its default ports as the user container's port (`pkg/apis/serving/k8s_validation.go`,
+# `reservedPorts`); we check the ports actually configured, which local mode and our variables
+# can move.
 SIDECAR_PORTS: tuple[tuple[str, str, str], ...] = (
     ("queue_serving_port", "QUEUE_SERVING_PORT", "serving port"),
     ("queue_serving_tls_port", "QUEUE_SERVING_TLS_PORT", "TLS port"),
