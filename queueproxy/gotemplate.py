@@ -1,4 +1,5 @@
-"""A small subset of Go's `text/template`, enough for Knative request-log templates (contract §10).
+"""A small subset of Go's `text/template`, enough for Knative request-log templates
+(docs/contract.md#request-logs).
 
 Supported: literal text; actions printing a pipeline; field chains `.A.B` on objects (attribute)
 and mappings (key; a missing key prints `<no value>` as in Go); string, raw-string, number and

@@ -1,4 +1,5 @@
-"""Requests the sidecar answers itself on the main port (contract §7.1), in Knative's order:
+"""Requests the sidecar answers itself on the main port, in Knative's order
+(docs/contract.md#health-checks-and-network-probes):
 
 1. health checks (User-Agent `kube-probe/…`, `Knative-Activator-Probe…`,
    `Knative-Autoscaling-Probe…`, on any path and method): `K-Network-Probe: queue` is answered

@@ -1,4 +1,5 @@
-"""Process logs as JSON lines in the shape Knative's zap logger prints (contract §10).
+"""Process logs as JSON lines in the shape Knative's zap logger prints
+(docs/contract.md#request-logs).
 
 A line looks like real queue-proxy output (e.g. the logs quoted in knative/serving#13377):
 

@@ -1,4 +1,4 @@
-"""Entry point: parse the configuration once, then run the sidecar (contract §2)."""
+"""Entry point: parse the configuration once, then run the sidecar (docs/contract.md#variables)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""What the data path tells the rest of the sidecar about each request (contract §4.1, §6, §10):
-the autoscaler's statistics window, the user metrics and the request log.
+"""What the data path tells the rest of the sidecar about each request: the autoscaler's
+statistics window, the user metrics and the request log (docs/contract.md#counting,
+docs/contract.md#request-metrics, docs/contract.md#request-logs).
 
 Built once at start-up with only the parts the configuration turns on, so a request pays for
 nothing that is off.

@@ -1,4 +1,4 @@
-"""Probing the user container for readiness (contract §7.2).
+"""Probing the user container for readiness (docs/contract.md#probing-the-app).
 
 Two layers, as in Knative's `pkg/queue/readiness/probe.go` and `pkg/queue/health/probe.go`:
 

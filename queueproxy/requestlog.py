@@ -1,4 +1,5 @@
-"""Request logs (contract §10): one line per request, rendered from a Go template, on stdout.
+"""Request logs: one line per request, rendered from a Go template, on stdout
+(docs/contract.md#request-logs).
 
 `RequestLogger` builds the template input Knative's `pkg/http/request_log.go` builds (`.Request`,
 `.Response`, `.Revision`, `.TraceID`) from plain values the data path already has, renders the

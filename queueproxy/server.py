@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
+from typing import NoReturn
 
 import uvloop
 
@@ -32,13 +34,14 @@ from queueproxy.timeouts import TimeoutRules
 from queueproxy.tls import CertificateWatcher, build_context, tls_enabled
 from queueproxy.usermetrics import UserMetrics, build_user_metrics
 
-# Knative's upstream keep-alive pool: CC idle connections, or 1000 when unlimited (§9.2).
+# Knative's upstream keep-alive pool (`buildTransport`): CC idle connections, 1000 when unlimited.
 UNLIMITED_IDLE_CONNECTIONS = 1000
-# Hijacked connections (websockets) get this long after the listeners close (§8).
+# Hijacked connections (websockets) get this long after the listeners close (Knative's
+# `hijackDrainDuration`).
 HIJACK_DRAIN_SECONDS = 60.0
-# The autoscaler's reporting period (§4.1).
+# The autoscaler's reporting period (`reportingPeriod`).
 REPORTING_PERIOD = 1.0
-# A preStop /wait-for-drain not followed by SIGTERM this soon was a container restart (§8).
+# A preStop /wait-for-drain not followed by SIGTERM this soon was a container restart.
 SIGTERM_GRACE_AFTER_PRESTOP = 1.0
 
 
@@ -176,7 +179,7 @@ class Sidecar:
         self._tick(self.loop.time())
 
     async def _start_tls(self, host: str | None) -> None:
-        """The same data path over TLS on 8112; the admin port stays plain HTTP (§1, §11)."""
+        """The same data path over TLS on 8112; the admin port stays plain HTTP."""
         config = self.config
         context = build_context(config, self.log)
         self.cert_watcher = CertificateWatcher(
@@ -195,7 +198,7 @@ class Sidecar:
         self.log.info(f"TLS on :{config.queue_serving_tls_port} with {config.certs_dir}")
 
     def _tick(self, due: float) -> None:
-        """Cut the statistics window every second (§4.1) and refresh the Date header."""
+        """Cut the statistics window every second and refresh the Date header."""
         now = self.loop.time()
         reported_at = time.monotonic()
         self.snapshot.update(self.stats.report(reported_at), reported_at - self.started)
@@ -226,7 +229,7 @@ class Sidecar:
         return asyncio.ensure_future(self.wait_for_drain())
 
     async def wait_for_drain(self) -> Response:
-        """The user container's preStop hook: answer once the sidecar has drained (§8)."""
+        """The user container's preStop hook: answer once the sidecar has drained."""
         self.loop.call_later(SIGTERM_GRACE_AFTER_PRESTOP, self._undo_drain_without_sigterm)
         self.log.info("preStop /wait-for-drain: draining")
         await self.drainer.drain()
@@ -241,9 +244,23 @@ class Sidecar:
     # -- Shutdown -------------------------------------------------------------------------------
 
     def on_signal(self, signum: int) -> None:
-        if not self.sigterm.is_set():
-            self.log.info(f"received {signal.Signals(signum).name}: draining")
+        if self.sigterm.is_set():
+            self.exit_now(signum)
+        self.log.info(f"received {signal.Signals(signum).name}: draining")
         self.sigterm.set()
+
+    def exit_now(self, signum: int) -> NoReturn:
+        """A second SIGTERM or SIGINT: exit at once, cutting whatever is in flight.
+
+        Knative's signal handler does the same with status 1 (`knative.dev/pkg/signals`,
+        `SetupSignalHandler`); local mode exits 128 + the signal number, as a shell reports a
+        process a signal ended (130 for Ctrl-C). No clean-up runs: a drain that is stuck is
+        what the second signal is for, and the kernel closes every socket.
+        """
+        status = 128 + signum if self.config.local else 1
+        name = signal.Signals(signum).name
+        os.write(2, f"queueproxy: second {name}: exiting now (status {status})\n".encode())
+        os._exit(status)
 
     async def drain_and_stop(self) -> None:
         """Drain (probes fail, traffic still served), then stop the way Go's Shutdown does."""
@@ -297,13 +314,14 @@ async def _serve(config: Config) -> int:
         sink=output.write,
     )
     sidecar = Sidecar(config, loop, log, output)
+    # Before the listeners open: a signal as soon as the port answers must drain, not kill.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, sidecar.on_signal, signum)
     try:
         await sidecar.start()
     except OSError as error:
         print(f"queueproxy: cannot start: {error}", file=sys.stderr, flush=True)
         return 1
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, sidecar.on_signal, signum)
     log.info(
         f"queue-proxy serving on :{config.queue_serving_port} for 127.0.0.1:{config.user_port}, "
         f"containerConcurrency={config.container_concurrency}"

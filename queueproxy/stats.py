@@ -1,4 +1,4 @@
-"""Time-weighted request statistics for the autoscaler (contract §4.1).
+"""Time-weighted request statistics for the autoscaler (docs/contract.md#counting).
 
 Sans-IO, like Knative's `networking/pkg/http/stats/request.go`: every call takes `now` (float
 seconds from one monotonic clock) and nothing here reads a clock. The data path calls

@@ -1,4 +1,4 @@
-"""What the autoscaler scrapes on :9090 (contract §4.2, §4.3, §5.1).
+"""What the autoscaler scrapes on :9090 (docs/contract.md#statistics-for-the-autoscaler).
 
 `encode_stat` writes the proto3 `Stat` message by hand (it is seven scalar fields; no protobuf
 runtime is needed on the data path). `prometheus_text` writes the Prometheus gauges that queue-proxy
@@ -21,7 +21,7 @@ TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # the ticker fires late.
 REPORTING_PERIOD_SECONDS = 1.0
 
-# Stat field numbers (§4.2). Key byte = field number << 3 | wire type.
+# Stat field numbers (docs/stat.proto). Key byte = field number << 3 | wire type.
 _WIRE_FIXED64 = 1
 _WIRE_LENGTH_DELIMITED = 2
 _POD_NAME_KEY = bytes([1 << 3 | _WIRE_LENGTH_DELIMITED])
@@ -181,7 +181,7 @@ class StatSnapshot:
         )
 
     def body_for(self, accept: str | bytes | None) -> tuple[bytes, str]:
-        """(body, content type) for a scrape with this `Accept` header (§4.3, ≤ v1.5 rule)."""
+        """(body, content type) for a scrape with this `Accept` header (the ≤ v1.5 rule)."""
         if wants_protobuf(accept):
             return self.protobuf, PROTOBUF_CONTENT_TYPE
         return self.text, TEXT_CONTENT_TYPE

@@ -1,4 +1,5 @@
-"""Request timeouts (contract §9.1, Knative v1.19+ `pkg/http/handler/timeout.go`).
+"""Request timeouts (docs/contract.md#timeouts; Knative v1.19+
+`pkg/http/handler/timeout.go`).
 
 Three rules, all measured from the request's arrival, so time spent queued in the breaker counts:
 

@@ -1,4 +1,4 @@
-"""TLS on `QUEUE_SERVING_TLS_PORT` (8112) when Knative mounts certificates (contract §11).
+"""TLS on `QUEUE_SERVING_TLS_PORT` (8112) when Knative mounts certificates (docs/contract.md#tls).
 
 Knative serves the main handler over TLS iff both `tls.crt` and `tls.key` exist in
 `/var/lib/knative/certs` at start-up, re-reads them every minute and switches to a changed pair

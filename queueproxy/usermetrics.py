@@ -1,4 +1,4 @@
-"""User-facing request metrics served on :9091 (contract §6).
+"""User-facing request metrics served on :9091 (docs/contract.md#request-metrics).
 
 Two shapes, chosen once from the configuration era (uvicorn's "config settles choices once"):
 
@@ -33,10 +33,10 @@ from queueproxy.statwire import escape_label_value
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# v1.18 `defaultLatencyDistribution`, milliseconds (§6.2).
+# v1.18 `defaultLatencyDistribution`, milliseconds.
 LATENCY_BUCKETS_MS = (5, 10, 20, 40, 60, 80, 100, 150, 200, 250, 300, 350, 400, 450, 500, 600,
                       700, 800, 900, 1000, 2000, 5000, 10000, 20000, 50000, 100000)  # fmt: skip
-# v1.19+ `latencyBounds` of kn.serving.invocation.duration, seconds (§6.1); OpenTelemetry's HTTP
+# v1.19+ `latencyBounds` of kn.serving.invocation.duration, seconds; OpenTelemetry's HTTP
 # semantic conventions recommend the same boundaries for http.server.request.duration.
 DURATION_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                             7.5, 10.0)  # fmt: skip
@@ -129,7 +129,7 @@ class _RouteTags:
 
 
 class RevisionMetrics:
-    """v1.18 (OpenCensus) metrics, §6.2."""
+    """v1.18 (OpenCensus) metrics."""
 
     content_type = CONTENT_TYPE
 
@@ -227,7 +227,7 @@ class RevisionMetrics:
 
 
 class OtelMetrics:
-    """v1.19+ (OpenTelemetry) metrics as its Prometheus exporter names them, §6.1."""
+    """v1.19+ (OpenTelemetry) metrics as its Prometheus exporter names them."""
 
     content_type = CONTENT_TYPE
 

@@ -1,14 +1,21 @@
-"""The sample app's settings: its environment, parsed once at start."""
+"""The sample app's settings, parsed once at start: flags, with the environment as defaults.
+
+In a container the app is started without arguments and configured by its environment (`TARGET`,
+`PORT`, ...), like Knative's helloworld samples. Locally the same settings are flags in the
+sidecar's style (`sampleapp --port 8080 --target Knative`); a flag wins over its variable.
+"""
 
 from __future__ import annotations
 
+import argparse
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 
 class ConfigError(Exception):
-    """A variable is set to a value the app cannot use; the message names both."""
+    """A flag or variable has a value the app cannot use; the message names both."""
 
 
 @dataclass(frozen=True)
@@ -22,42 +29,95 @@ class Settings:
     shutdown_grace: float  # SHUTDOWN_GRACE_SECONDS: in-flight requests may run this long on SIGTERM
 
 
-def load(environ: Mapping[str, str]) -> Settings:
-    """Settings from environment variables; raises ConfigError on the first bad one."""
-    return Settings(
-        target=environ.get("TARGET", "World"),
-        host=environ.get("HOST", "0.0.0.0"),
-        port=_port(environ, "PORT", 8080),
-        startup_delay=_seconds(environ, "STARTUP_DELAY_SECONDS", 0.0),
-        ready_after=_seconds(environ, "READY_AFTER_SECONDS", 0.0),
-        # 75 s is nginx's default (aiohttp's own is 3630 s). Set it low to show a proxy reusing a
-        # connection the app has just closed (knative/serving#12414).
-        keepalive_timeout=_seconds(environ, "KEEPALIVE_TIMEOUT_SECONDS", 75.0),
-        shutdown_grace=_seconds(environ, "SHUTDOWN_GRACE_SECONDS", 30.0),
-    )
-
-
-def _port(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _port(raw: str) -> int:
     try:
         port = int(raw)
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise ConfigError(f"{name}={raw!r}: expected a port number in 0..65535")
+        raise ValueError("expected a port number in 0..65535")
     return port
 
 
-def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _seconds(raw: str) -> float:
     try:
         seconds = float(raw)
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds >= 0):
-        raise ConfigError(f"{name}={raw!r}: expected a number of seconds >= 0")
+        raise ValueError("expected a number of seconds >= 0")
     return seconds
+
+
+# (field, flag, variable, parser, default, help), in the order `--help` lists them.
+# fmt: off
+SETTINGS: tuple[tuple[str, str, str, Callable[[str], Any], Any, str], ...] = (
+    ("port", "--port", "PORT", _port, 8080, "port to listen on, 0 = any free port"),
+    ("host", "--host", "HOST", str, "0.0.0.0", "address to listen on"),
+    ("target", "--target", "TARGET", str, "World", "who `GET /` greets: Hello TARGET!"),
+    ("startup_delay", "--startup-delay", "STARTUP_DELAY_SECONDS", _seconds, 0.0,
+     "seconds to wait before listening (a slow start)"),
+    ("ready_after", "--ready-after", "READY_AFTER_SECONDS", _seconds, 0.0,
+     "seconds after listening during which /healthz answers 503"),
+    # 75 s is nginx's default (aiohttp's own is 3630 s). Set it low to show a proxy reusing a
+    # connection the app has just closed (knative/serving#12414).
+    ("keepalive_timeout", "--keepalive-timeout", "KEEPALIVE_TIMEOUT_SECONDS", _seconds, 75.0,
+     "seconds before an idle keep-alive connection is closed"),
+    ("shutdown_grace", "--shutdown-grace", "SHUTDOWN_GRACE_SECONDS", _seconds, 30.0,
+     "seconds in-flight requests may run after SIGTERM or Ctrl-C"),
+)
+# fmt: on
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        try:
+            return parse(raw)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{raw!r}: {error}") from None
+
+    return convert
+
+
+def parser() -> argparse.ArgumentParser:
+    result = _ArgumentParser(
+        prog="sampleapp",
+        description="Hello {TARGET}! with knobs for load tests (see the README). Every flag "
+        "defaults to its environment variable, then to the value shown.",
+    )
+    for field, flag, variable, parse, default, text in SETTINGS:
+        result.add_argument(
+            flag,
+            dest=field,
+            metavar="SECONDS" if parse is _seconds else variable,
+            type=_flag(parse),
+            default=None,
+            help=f"{text} (default: ${variable} or {default!r})",
+        )
+    return result
+
+
+def load(environ: Mapping[str, str], argv: Sequence[str] = ()) -> Settings:
+    """Settings from flags, else environment variables, else defaults.
+
+    Raises ConfigError on the first bad value; `--help` exits (SystemExit 0) after printing.
+    """
+    flags = vars(parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+    for field, _, variable, parse, default, _ in SETTINGS:
+        raw = environ.get(variable, "")
+        if flags[field] is not None:
+            values[field] = flags[field]
+        elif raw == "":
+            values[field] = default
+        else:
+            try:
+                values[field] = parse(raw)
+            except ValueError as error:
+                raise ConfigError(f"{variable}={raw!r}: {error}") from None
+    return Settings(**values)

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
 import uvloop
 from aiohttp import web
@@ -90,9 +91,9 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings = load(os.environ)
+        settings = load(os.environ, sys.argv[1:] if argv is None else argv)
     except ConfigError as error:
         print(f"sampleapp: {error}", file=sys.stderr)
         return 1

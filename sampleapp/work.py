@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from math import isqrt
 
 MIB = 1 << 20
@@ -42,27 +44,47 @@ def ballast(mib: int) -> bytearray:
     return buffer
 
 
+# A seed's sequence starts over once the seed has not been used for this long, so that two runs
+# of the same requests (a curl loop, a load test) see the same failures in the same order.
+SEQUENCE_RESTART_SECONDS = 1.0
+
+
 class FaultDice:
     """Draws in [0, 1) that decide injected failures.
 
-    With a seed, the k-th draw for that seed is the k-th `random.Random(seed).random()`, so a
-    load run that sends the same seed replays the same failures in the same order. Without one,
-    draws come from an unseeded generator.
+    With a seed, the k-th draw of a run is the k-th `random.Random(seed).random()`, where a run is
+    the requests carrying that seed with less than `restart_after` seconds between one and the
+    next: the first request after a quiet second starts the sequence again. So the same requests
+    in the same order fail the same way, in any run, against the same or a restarted app. (Order
+    is the order the app receives them: concurrent clients, or a proxy queueing them, may change
+    it.) Seeds are independent of each other. Without a seed, draws come from an unseeded
+    generator.
     """
 
-    def __init__(self, max_seeds: int = 1024) -> None:
+    def __init__(
+        self,
+        max_seeds: int = 1024,
+        restart_after: float = SEQUENCE_RESTART_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._max_seeds = max_seeds  # bounds memory when clients send a fresh seed per request
-        self._by_seed: OrderedDict[int, random.Random] = OrderedDict()
+        self._restart_after = restart_after
+        self._clock = clock
+        # seed -> (its generator, when it was last drawn from)
+        self._by_seed: OrderedDict[int, tuple[random.Random, float]] = OrderedDict()
         self._unseeded = random.Random()
 
     def roll(self, seed: int | None) -> float:
         if seed is None:
             return self._unseeded.random()
-        generator = self._by_seed.get(seed)
-        if generator is None:
-            generator = self._by_seed[seed] = random.Random(seed)
-            if len(self._by_seed) > self._max_seeds:
-                self._by_seed.popitem(last=False)
+        now = self._clock()
+        entry = self._by_seed.pop(seed, None)
+        if entry is None or now - entry[1] >= self._restart_after:
+            generator = random.Random(seed)
         else:
-            self._by_seed.move_to_end(seed)
+            generator = entry[0]
+        # Re-inserted at the end: the least recently used seed is the one dropped when full.
+        self._by_seed[seed] = (generator, now)
+        if len(self._by_seed) > self._max_seeds:
+            self._by_seed.popitem(last=False)
         return generator.random()

@@ -11,7 +11,7 @@
 #   PYTHON_IMAGE           base image for both stages (default python:3.11-slim, the Dockerfile's)
 #   BUILD_OPTS             extra build flags, word-split
 #
-# Without a reachable registry (docs/deploy.md, "Building without a registry"): make a local base
+# Without a reachable registry (docs/deploy.md#building-without-a-registry): make a local base
 # image, then
 #   PYTHON_IMAGE=localhost/debian-python:bookworm \
 #     BUILD_OPTS="--pull=never --isolation=chroot" scripts/build-image.sh

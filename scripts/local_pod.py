@@ -1,9 +1,11 @@
+#!/usr/bin/env python3
 """Run the sample app and the sidecar together, as the two containers of a local pod.
 
-    make run                       # or: .venv/bin/python scripts/local_pod.py --concurrency 10
+    make run                       # or, in the venv: scripts/local_pod.py --concurrency 2
 
-Ctrl-C stops both: the sidecar drains first (a short quiet period here; Knative's is 30 s),
-then the app finishes its in-flight requests.
+Ctrl-C stops both: the sidecar drains first (local mode: until 1 s passes without a request;
+Knative's pod mode waits 30 s), then the app finishes its in-flight requests. A second Ctrl-C
+stops both at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.util import find_spec
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_for(port: int, proc: subprocess.Popen, name: str, timeout: float = 15.0) -> None:
@@ -41,6 +47,7 @@ def main() -> None:
     parser.add_argument("--user-metrics-port", type=int, default=9091, help="request metrics")
     parser.add_argument("--target", default=os.environ.get("TARGET", "World"))
     options = parser.parse_args()
+    _use_the_venv()
 
     app_env = {
         **os.environ,
@@ -75,8 +82,6 @@ def main() -> None:
                 str(options.metrics_port),
                 "--user-metrics-port",
                 str(options.user_metrics_port),
-                "--drain-quiet-period",
-                "1",
                 "--readiness-probe",
                 f'{{"httpGet":{{"port":{options.app_port},"path":"/healthz"}}}}',
             ],
@@ -106,15 +111,39 @@ def main() -> None:
 
 
 def stop(children: list[subprocess.Popen]) -> None:
-    """Like the kubelet: the sidecar drains first, then the app gets SIGTERM."""
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(60)
-        except subprocess.TimeoutExpired:
-            child.kill()
+    """Like the kubelet: the sidecar drains first, then the app gets SIGTERM.
+
+    A second Ctrl-C while they stop kills both at once and exits 130, as a shell would.
+    """
+    try:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    except KeyboardInterrupt:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
             child.wait()
+        print("local pod killed", flush=True)
+        raise SystemExit(130) from None
+
+
+def _use_the_venv() -> None:
+    """Started by a Python without our packages (no venv active): re-run in make's .venv."""
+    if find_spec("queueproxy") and find_spec("uvloop") and find_spec("aiohttp"):
+        return
+    python = ROOT / ".venv" / "bin" / "python"
+    if python.exists() and Path(sys.executable).resolve() != python.resolve():
+        os.execv(python, [str(python), *sys.argv])
+    raise SystemExit(
+        f"queueproxy and sampleapp are not installed for {sys.executable}: run `make run` once "
+        "(it sets up .venv), or `pip install .`"
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -5,7 +5,7 @@
 #
 # Both containers share one network namespace (the app's, standing in for the pod's pause
 # container), get the Knative environment, a read-only root with no writable /tmp, user 65532
-# and no capabilities (contract §2.3). A third container in the same namespace plays kubelet and
+# and no capabilities (docs/deploy.md#what-the-image-expects). A third container in the same namespace plays kubelet and
 # the ingress: the images carry no curl, so it speaks HTTP with Python's http.client.
 # The namespace has only loopback (--network none): a pod's containers need nothing else, and
 # the host needs no port publishing or bridge setup.
@@ -27,7 +27,7 @@ if [[ $engine == podman ]]; then
     restricted+=(--read-only-tmpfs=false)
 fi
 
-# What Knative's reconciler sets on its queue-proxy container (contract §2.1), for this "pod".
+# What Knative's reconciler sets on its queue-proxy container (docs/contract.md#variables), for this "pod".
 knative_env=(
     -e SERVING_NAMESPACE=default -e SERVING_SERVICE=hello -e SERVING_CONFIGURATION=hello
     -e SERVING_REVISION=hello-00001 -e "SERVING_POD=$pod" -e SERVING_POD_IP=127.0.0.1
@@ -122,7 +122,7 @@ if [[ -n $ready_at ]]; then
     awk -v a="$started" -v b="$ready_at" 'BEGIN{printf "info  sidecar container start to ready: %.2f s\n", b - a}'
 fi
 
-# SIGTERM: drain (1 s quiet period here), then exit 0 (contract §8).
+# SIGTERM: drain (1 s quiet period here), then exit 0 (docs/contract.md#drain-and-shutdown).
 "$engine" stop -t 20 "$pod-queue" >/dev/null
 exit_code=$("$engine" inspect --format '{{.State.ExitCode}}' "$pod-queue")
 if [[ $exit_code == 0 ]]; then echo "ok    sidecar exit status after SIGTERM: 0"; else

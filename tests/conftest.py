@@ -9,15 +9,15 @@ from types import ModuleType
 import pytest
 from grpc_tools import protoc
 
-TESTS_DIR = Path(__file__).parent
+DOCS_DIR = Path(__file__).parent.parent / "docs"
 
 
 def compile_stat_proto(out_dir: Path) -> ModuleType:
-    """Compile tests/stat.proto with grpc_tools' protoc and import the generated module."""
+    """Compile docs/stat.proto with grpc_tools' protoc and import the generated module."""
     status = protoc.main(
-        ["protoc", f"-I{TESTS_DIR}", f"--python_out={out_dir}", str(TESTS_DIR / "stat.proto")]
+        ["protoc", f"-I{DOCS_DIR}", f"--python_out={out_dir}", str(DOCS_DIR / "stat.proto")]
     )
-    assert status == 0, "protoc failed on tests/stat.proto"
+    assert status == 0, "protoc failed on docs/stat.proto"
     spec = importlib.util.spec_from_file_location("stat_pb2", out_dir / "stat_pb2.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -27,5 +27,5 @@ def compile_stat_proto(out_dir: Path) -> ModuleType:
 
 @pytest.fixture(scope="session")
 def stat_pb2(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
-    """The generated module of tests/stat.proto, the autoscaler's `Stat` message (§4.2)."""
+    """The generated module of docs/stat.proto, the autoscaler's `Stat` message."""
     return compile_stat_proto(tmp_path_factory.mktemp("stat_proto"))

@@ -635,6 +635,8 @@ LOCAL_DEFAULTS = dataclasses.replace(
     system_namespace="",
     bind_address="127.0.0.1",
     observability=dataclasses.replace(V119_DEFAULTS, request_metrics_protocol="prometheus"),
+    drain_quiet_period=1.0,  # local mode's own: Ctrl-C stops after a second without requests
+    local=True,
 )
 
 
@@ -799,3 +801,76 @@ def test_read_header_timeout_is_ours_and_positive() -> None:
     assert knative(QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS="1.5").read_header_timeout == 1.5
     with pytest.raises(ConfigError, match='QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS.*"0"'):
         knative(QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS="0")
+
+
+# --- The app's port must not be one of the sidecar's -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "what"),
+    [
+        ("QUEUE_SERVING_PORT", "serving port"),
+        ("QUEUE_SERVING_TLS_PORT", "TLS port"),
+        ("QUEUEPROXY_ADMIN_PORT", "admin port"),
+        ("QUEUEPROXY_METRICS_PORT", "metrics port"),
+        ("QUEUEPROXY_USER_METRICS_PORT", "user metrics port"),
+    ],
+)
+def test_user_port_on_a_sidecar_port_is_refused(variable: str, what: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        knative(**{variable: "7000", "USER_PORT": "7000"})
+    assert str(error.value) == (
+        f"USER_PORT: 7000 is also the sidecar's {what} ({variable}); "
+        "requests to the app would loop back into the sidecar"
+    )
+
+
+def test_user_port_on_knatives_default_ports_is_refused() -> None:
+    for port in ("8012", "8112", "8022", "9090", "9091"):
+        with pytest.raises(ConfigError, match=f"^USER_PORT: {port} is also the sidecar's"):
+            knative(USER_PORT=port)
+
+
+def test_two_sidecar_ports_may_not_be_the_same() -> None:
+    with pytest.raises(
+        ConfigError, match="^QUEUEPROXY_METRICS_PORT: 8022 is also QUEUEPROXY_ADMIN"
+    ):
+        knative(QUEUEPROXY_METRICS_PORT="8022")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--upstream-port", "8012"],
+            "--upstream-port: 8012 is also the sidecar's serving port (--port)",
+        ),
+        (
+            ["--upstream-port=9000", "--admin-port=9000"],
+            "--upstream-port: 9000 is also the sidecar's admin port (--admin-port)",
+        ),
+        (
+            ["--upstream-port", "9091"],
+            "--upstream-port: 9091 is also the sidecar's user metrics port",
+        ),
+        (
+            ["--upstream-port", "8112"],
+            "--upstream-port: 8112 is also the sidecar's TLS port (QUEUE_SERVING_TLS_PORT)",
+        ),
+        (["--port=9000", "--metrics-port=9000"], "--metrics-port: 9000 is also --port"),
+    ],
+)
+def test_local_mode_names_the_clashing_flags(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load(argv, {})
+    assert str(error.value).startswith(message)
+
+
+def test_local_mode_clash_with_a_port_from_our_variable() -> None:
+    with pytest.raises(ConfigError, match="admin port"):
+        load(["--upstream-port", "7001"], {"QUEUEPROXY_ADMIN_PORT": "7001"})
+
+
+def test_pod_mode_keeps_knatives_quiet_period_and_is_not_local() -> None:
+    config = load([], KNATIVE_ENV)
+    assert (config.drain_quiet_period, config.local) == (30.0, False)

@@ -1,7 +1,7 @@
 """What the autoscaler and Prometheus scrape, end to end (contract §4, §6): a real sidecar process
 in front of an aiohttp app in the test's loop, driven by the test's own traffic.
 
-:9090 bodies are decoded with the `protobuf` package against tests/stat.proto, text bodies are
+:9090 bodies are decoded with the `protobuf` package against docs/stat.proto, text bodies are
 parsed with prometheus-client's parser. The 1 s windows are cut by the sidecar's own ticker, so
 the tests watch every window go by (a scrape every 50 ms, windows told apart by their
 `process_uptime`) and reason about whole windows, never about when a window starts.

@@ -7,8 +7,10 @@ import hashlib
 import random
 import signal
 import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from sampleapp.config import ConfigError, Settings, load
 from sampleapp.knobs import DownloadKnobs, GreetingKnobs, KnobError, StreamKnobs
 from sampleapp.pattern import CHUNK_SIZE, pattern_bytes, pattern_chunks, pattern_sha256
 from sampleapp.readiness import Readiness
-from sampleapp.work import FaultDice, largest_prime_at_most
+from sampleapp.work import SEQUENCE_RESTART_SECONDS, FaultDice, largest_prime_at_most
 from tests.sampleapp_helpers import (
     RunningApp,
     connection_refused,
@@ -81,6 +83,46 @@ def test_settings_reject_bad_values(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as error:
         load({name: value})
     assert f"{name}={value!r}" in str(error.value)
+
+
+def test_flags_win_over_the_environment() -> None:
+    environ = {"TARGET": "Env", "PORT": "9000", "READY_AFTER_SECONDS": "3"}
+    settings = load(environ, ["--target", "Flag", "--port=0", "--shutdown-grace", "1.5"])
+    assert settings == Settings("Flag", "0.0.0.0", 0, 0.0, 3.0, 75.0, 1.5)
+
+
+def test_a_flag_replaces_a_bad_variable() -> None:
+    assert load({"PORT": "http"}, ["--port", "8081"]).port == 8081
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--port", "http"], "argument --port: 'http': expected a port number"),
+        (["--ready-after", "-1"], "argument --ready-after: '-1': expected a number of seconds"),
+        (["--prot", "1"], "unrecognized arguments: --prot 1"),
+    ],
+)
+def test_bad_flags_are_named(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load({}, argv)
+
+
+def test_help_lists_every_flag_with_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        load({"PORT": "not read"}, ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag, variable in [
+        ("--port", "$PORT"),
+        ("--host", "$HOST"),
+        ("--target", "$TARGET"),
+        ("--startup-delay", "$STARTUP_DELAY_SECONDS"),
+        ("--ready-after", "$READY_AFTER_SECONDS"),
+        ("--keepalive-timeout", "$KEEPALIVE_TIMEOUT_SECONDS"),
+        ("--shutdown-grace", "$SHUTDOWN_GRACE_SECONDS"),
+    ]:
+        assert flag in out and variable in out
 
 
 def _primes_by_sieve(limit: int) -> list[int]:
@@ -171,10 +213,18 @@ def test_download_and_stream_knobs() -> None:
         StreamKnobs.parse_stream({"size": "0"})
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_fault_dice_replays_each_seed_independently() -> None:
     reference = random.Random(7)
     expected = [reference.random() for _ in range(5)]
-    dice = FaultDice()
+    dice = FaultDice(clock=FakeClock())
     interleaved = []
     for _ in range(5):
         interleaved.append(dice.roll(7))
@@ -183,8 +233,21 @@ def test_fault_dice_replays_each_seed_independently() -> None:
     assert interleaved == expected
 
 
+def test_fault_dice_restarts_a_seed_after_a_quiet_second() -> None:
+    clock = FakeClock()
+    dice = FaultDice(clock=clock)
+    first_run = []
+    for _ in range(6):
+        first_run.append(dice.roll(7))
+        clock.now += 0.9  # gaps under a second: one run
+    clock.now += 0.1  # 1.0 s since the last draw: the next request starts a new run
+    second_run = [dice.roll(7) for _ in range(6)]
+    reference = random.Random(7)
+    assert first_run == second_run == [reference.random() for _ in range(6)]
+
+
 def test_fault_dice_forgets_the_least_recent_seed() -> None:
-    dice = FaultDice(max_seeds=2)
+    dice = FaultDice(max_seeds=2, clock=FakeClock())
     first_draw_of_1 = dice.roll(1)
     dice.roll(2)
     dice.roll(3)  # evicts seed 1
@@ -366,6 +429,10 @@ async def test_seeded_failures_follow_the_seed(
     seen = [(await fetch(session, f"{app.url}/?fail=0.5&seed={seed}"))[0] for _ in range(20)]
     assert seen == expected
     assert set(seen) == {200, 500}
+    # A second run of the same requests, after a quiet second, replays the same failures.
+    await asyncio.sleep(SEQUENCE_RESTART_SECONDS)
+    again = [(await fetch(session, f"{app.url}/?fail=0.5&seed={seed}"))[0] for _ in range(20)]
+    assert again == expected
 
 
 async def test_reset_aborts_without_a_response(
@@ -624,6 +691,31 @@ def test_console_script_serves_and_stops() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_console_script_takes_flags_over_the_environment() -> None:
+    script = Path(sys.executable).with_name("sampleapp")
+    port = free_port()
+    proc = run_app_command(
+        [str(script), "--host", "127.0.0.1", "--port", str(port), "--target", "Flags"],
+        PORT="1",  # would fail to bind: the flag must win
+        TARGET="Env",
+    )
+    try:
+        assert read_line(proc, 20) == f"sampleapp listening on http://127.0.0.1:{port}\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert response.read() == b"Hello Flags!\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+
+
+def test_console_script_help_prints_options_and_exits() -> None:
+    script = Path(sys.executable).with_name("sampleapp")
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: sampleapp")
+    assert "--target TARGET" in done.stdout
 
 
 def test_port_0_picks_a_free_port() -> None:

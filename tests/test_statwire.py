@@ -1,5 +1,5 @@
 """The :9090 payloads (contract §4.2, §4.3, §5.1): the hand-written protobuf is decoded with the
-`protobuf` package against tests/stat.proto; the text form is parsed with prometheus-client."""
+`protobuf` package against docs/stat.proto; the text form is parsed with prometheus-client."""
 
 from __future__ import annotations
 
