@@ -4,10 +4,12 @@ statistics (:9090) and user metrics (:9091).
 These answer a handful of requests a second, but importing aiohttp's server for them would add
 ~120 ms to start-up and ~14 MiB to every pod, so they share the data path's framing rules
 (`h1`) instead, with the same bounds: a head is limited to `h1.MAX_HEAD_BYTES` as it arrives, it
-must arrive within the read-header timeout (from the connection's start, and from the first byte
-of each later head), and one request is answered at a time: while a handler runs (the admin
-port's `/wait-for-drain` may take minutes), reading stops, so a pipelined backlog costs one read.
-Request bodies are read and discarded; responses are whole byte strings.
+must be complete within the read-header timeout (from the connection's start, and from the end
+of the previous answer, which also bounds an idle kept-alive connection), and one request is
+answered at a time: while a handler runs (the admin port's `/wait-for-drain` may take minutes)
+or while the client does not read its answers, reading stops, so a pipelined backlog costs one
+read. No endpoint reads a request body: a request with one is answered at once and the
+connection closed. Responses are whole byte strings.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from queueproxy.h1 import (
-    BodyReader,
+    NO_BODY,
     ProtocolError,
     RequestHead,
-    body_reader,
     check_partial_head,
     find_head_end,
     parse_request_head,
@@ -69,8 +70,6 @@ class EndpointProtocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.scanned = 0
         self.line_checked = False
-        self.request: Request | None = None  # read, body still arriving
-        self.reader: BodyReader | None = None
         self.busy = False  # a handler is running or its answer is being sent
         self.paused = False  # reading stopped while busy or while the client is not reading
         self.writing_paused = False
@@ -112,21 +111,12 @@ class EndpointProtocol(asyncio.Protocol):
         incomplete = False
         try:
             while self.transport is not None and not self.busy and not self.writing_paused:
-                if self.reader is not None:
-                    _, pos = self.reader.read(buffer, pos)  # type: ignore[arg-type]
-                    if not self.reader.done:
-                        break
-                    self.reader = None
-                    request, self.request = self.request, None
-                    assert request is not None
-                    self._dispatch(request)
-                    continue
                 start = skip_empty_lines(buffer, pos)
                 if start >= len(buffer):
                     pos = start
                     break
                 if self.header_timer is None:
-                    self._arm_header_timer()  # a later head: its first byte starts the clock
+                    self._arm_header_timer()
                 end = find_head_end(buffer, start, self.scanned)
                 if end < 0:
                     self.line_checked = check_partial_head(
@@ -155,18 +145,16 @@ class EndpointProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _begin(self, head: RequestHead) -> None:
+        # No endpoint reads a body: one is not waited for (it could be endless) but answered at
+        # once, and the connection closed after the answer.
         request = Request(
             head.method,
             head.target.partition(b"?")[0] or b"/",
             {name.lower(): value for name, value in head.headers},
             head.version,
-            head.keep_alive,
+            head.keep_alive and head.framing == NO_BODY,
         )
-        self.reader = body_reader(head.framing, head.length)
-        if self.reader is None:
-            self._dispatch(request)
-        else:
-            self.request = request
+        self._dispatch(request)
 
     # -- Answering -----------------------------------------------------------------------------
 
@@ -206,6 +194,10 @@ class EndpointProtocol(asyncio.Protocol):
         if not request.keep_alive:
             self._close()
             return
+        if self.header_timer is None:
+            # The next head must be complete within the deadline from now: this bounds how
+            # long an idle kept-alive connection may stay, too.
+            self._arm_header_timer()
         if self.paused and not self.writing_paused:
             self.paused = False
             transport.resume_reading()
@@ -234,7 +226,7 @@ class EndpointProtocol(asyncio.Protocol):
 
     def _header_timeout(self) -> None:
         self.header_timer = None
-        if self.transport is not None and not self.busy and self.reader is None:
+        if self.transport is not None and not self.busy:
             self._close()
 
 

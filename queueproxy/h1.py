@@ -120,6 +120,9 @@ _FIELDS_OF_NOTE = frozenset(
         b"date",
     }
 )
+_FRAMING_FIELDS = frozenset(
+    {b"content-length", b"transfer-encoding", b"host", b"connection", b"upgrade", b"te"}
+)
 _BARE_CR_OR_LF = re.compile(rb"\r[^\n]|(?<!\r)\n")
 
 
@@ -324,6 +327,10 @@ def parse_request_head(head: bytes) -> RequestHead:
         value = value.strip(b" \t")
         headers.append((name, value))
         lname = name.lower()
+        if b"_" in lname and lname.replace(b"_", b"-") in _FRAMING_FIELDS:
+            # CGI-style servers (WSGI, PHP) read `Content_Length` as `Content-Length`: a field
+            # that we would forward as an ordinary one but the app would frame by.
+            raise ProtocolError(400, "Bad Request: look-alike of a framing header field")
         if lname == b"host":
             host = value
             hosts += 1
@@ -343,7 +350,7 @@ def parse_request_head(head: bytes) -> RequestHead:
 
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise ProtocolError(400, "Bad Request: missing or duplicate Host header")
-    if host is not None and not _valid_host(host):
+    if host is not None and not valid_host(host):
         raise ProtocolError(400, "Bad Request: invalid Host header")
     request.host = target_host if target_host is not None else host
 
@@ -370,7 +377,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     return request
 
 
-def _valid_host(host: bytes) -> bool:
+def valid_host(host: bytes) -> bool:
     """uri-host [ ":" port ] (RFC 9110 §7.2, RFC 3986 §3.2.2)."""
     name, colon, port = host.partition(b":")
     if not name.translate(None, _REG_NAME_BYTES) and (not colon or not port or port.isdigit()):
@@ -401,7 +408,7 @@ def _origin_form(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
         or match.group(1).lower() not in (b"http", b"https")
         or not _valid_target(target)
         or b"@" in match.group(2)
-        or not _valid_host(match.group(2))
+        or not valid_host(match.group(2))
     ):
         raise ProtocolError(400, "Bad Request: invalid request target")
     path = match.group(3) or b"/"

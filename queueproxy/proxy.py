@@ -48,6 +48,7 @@ from queueproxy.h1 import (
     find_head_end,
     parse_request_head,
     skip_empty_lines,
+    valid_host,
 )
 from queueproxy.http11 import (
     DATE,
@@ -82,6 +83,9 @@ _IDEMPOTENCY_KEYS = (b"idempotency-key", b"x-idempotency-key")
 WAITING, QUEUED, CONNECTING, ACTIVE, TUNNEL, DONE = range(6)
 # Reasons to stop reading from the client (a bit set)
 _BODY_BACKLOG, _ANSWERING, _UPSTREAM_FULL = 1, 2, 4
+# Lingering close: how long, and how many bytes, to read and drop after shutting the write side.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
 # Response framing towards an HTTP/1.0 client that gets a body of unknown length: until close.
 UNTIL_CLOSE_CLIENT = 5
 
@@ -249,6 +253,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.tunnel_upstream: UpstreamConnection | None = None
         self.held = b""  # a response head not yet written (see `response_head`)
+        self.lingering = 0  # bytes still to drop after closing (see `_close`)
         # One timer per connection, re-armed lazily (never cancelled per request): it enforces
         # the exchange's timeouts and the deadline for a request head to arrive.
         self.timer = RequestTimer(path.timeout_rules)
@@ -293,6 +298,9 @@ class ClientConnection(asyncio.Protocol):
                 self.timer.wrote(self.loop.time())
             return
         if self.closed:
+            self.lingering -= len(data)
+            if self.lingering < 0 and self.transport is not None:
+                self.transport.close()  # it keeps sending: stop lingering
             return
         buffer = self.buffer
         if buffer:
@@ -471,15 +479,17 @@ class ClientConnection(asyncio.Protocol):
                 if lname == b"k-original-host":
                     original_host = value
                 continue
-            if named is not None and lname in named:
-                continue
+            # What the request is (probe, health check, proxied) is decided before hop-by-hop
+            # removal, as Knative's handlers see it: `Connection` cannot hide a probe.
             if lname == b"user-agent":
                 exchange.user_agent = value
             elif lname == b"k-network-probe":
                 exchange.network_probe = value
             elif lname == b"k-proxy-request":
                 exchange.proxied = value == b"activator"
-            elif lname == b"x-forwarded-for":
+            if named is not None and lname in named:
+                continue
+            if lname == b"x-forwarded-for":
                 xff.append(value)
                 continue
             elif lname == b"x-forwarded-proto":
@@ -491,6 +501,9 @@ class ClientConnection(asyncio.Protocol):
             elif lname in _IDEMPOTENCY_KEYS:
                 exchange.retryable = True
             append(name + b": " + value + b"\r\n")
+        if original_host and not valid_host(original_host):
+            # It becomes the Host the app sees: the same syntax as Host (RFC 9110 §7.2).
+            raise ProtocolError(400, "Bad Request: invalid K-Original-Host header")
         host = original_host or request.host or self.path.upstream_host_header
         if not forwarded and (xff or xfp or xfh):
             append(b"Forwarded: " + forwarded_value(xff, xfp, xfh) + b"\r\n")
@@ -923,14 +936,29 @@ class ClientConnection(asyncio.Protocol):
         self._close()
 
     def _close(self) -> None:
-        """Close after what has been written is delivered (asyncio flushes on close)."""
+        """Close after what has been written is delivered, lingering (RFC 9112 §9.6).
+
+        The write side is shut first and what the client still sends is read and dropped for a
+        moment: closing a socket with unread data makes the kernel send RST, which can destroy
+        the answer (a 400, a 413, an early response) before the client has read it.
+        """
         if self.held:
             self._write(b"")
         self.closed = True
         self.reader = None
         self.buffer = bytearray()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # after the buffered answer
+        self.lingering = LINGER_BYTES
+        if self.reading_paused:
+            self.reading_paused = 0
+            transport.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, transport.close)
 
     # -- Flow control --------------------------------------------------------------------------
 

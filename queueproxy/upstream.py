@@ -129,7 +129,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             conn = exchange.conn
             if not (self.stale and conn.retry_upstream(exchange)):
-                conn.upstream_failed(exchange, error.reason)
+                # h1's reasons are worded for requests; say whose message it was.
+                reason = error.reason.partition(": ")[2] or error.reason
+                if error.status in (414, 431):
+                    reason = "head over 64 KiB"
+                conn.upstream_failed(exchange, "malformed HTTP response from the app: " + reason)
         exchange.conn.flush()
 
     def _process(self, exchange: Exchange, data: bytes) -> None:

@@ -328,7 +328,6 @@ PRODUCT_FILES = sorted(
     for path in ROOT.glob(pattern)
 ) + [ROOT / "README.md", ROOT / "Dockerfile", ROOT / "Makefile", ROOT / "pyproject.toml"]
 # Rewritten on another branch, in a version without these references; drop it from here then.
-NOT_YET_CHECKED = {ROOT / "queueproxy" / "proxy.py"}
 _OUTSIDE = re.compile(r"contract §|knative-contract|shared/spec|\.\./shared")
 _DOCS_REFERENCE = re.compile(r"\bdocs/[\w.-]+\.(?:md|proto)(?:#[\w-]+)?")
 
@@ -336,8 +335,7 @@ _DOCS_REFERENCE = re.compile(r"\bdocs/[\w.-]+\.(?:md|proto)(?:#[\w-]+)?")
 @pytest.mark.parametrize("path", PRODUCT_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_projects_text_points_only_inside_the_repository(path: Path) -> None:
     text = path.read_text()
-    if path not in NOT_YET_CHECKED:
-        assert not [m.group(0) for m in _OUTSIDE.finditer(text)], path
+    assert not [m.group(0) for m in _OUTSIDE.finditer(text)], path
     for reference in _DOCS_REFERENCE.findall(text):
         assert _resolves(ROOT / "README.md", reference) is None, f"{path}: {reference}"
 

@@ -920,3 +920,100 @@ async def test_a_request_followed_by_garbage_is_answered_then_400_then_eof() -> 
     assert replies[0].body == b"/a"
     assert len(replies) == 2 and rest == b"", reply[:300]
     assert app.paths() == ["/a"]
+
+
+# -- Found by trying to break it (inputs the first tests did not have) -------------------------
+
+
+@pytest.mark.parametrize("name", ENDPOINT_PORTS)
+async def test_unread_answers_on_an_endpoint_port_do_not_grow_memory(name: str) -> None:
+    """A client that pipelines scrapes and never reads: answering stops with reading."""
+    async with (
+        RawApp() as app,
+        sidecar_for(app.port, OBSERVABILITY_CONFIG=USER_METRICS_ON) as sidecar,
+    ):
+        await endpoint_ports(sidecar)
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        with PeakRss(sidecar.pid) as rss:
+            floods = await in_threads(
+                *[
+                    lambda: flood(
+                        sidecar.port_of(name),
+                        b"",
+                        request,
+                        10 * MIB,
+                        deadline=10.0,
+                        stall=1.0,
+                        read=False,
+                    )
+                    for _ in range(3)
+                ]
+            )
+    assert rss.growth_mib < RSS_BUDGET_MIB, (rss.growth_mib, floods)
+
+
+async def test_an_endpoint_request_with_a_body_is_answered_at_once_and_closed() -> None:
+    """No endpoint reads a body: waiting for a 1 TB one would hold the connection forever."""
+    async with (
+        RawApp() as app,
+        sidecar_for(app.port, OBSERVABILITY_CONFIG=USER_METRICS_ON) as sidecar,
+    ):
+        port = (await endpoint_ports(sidecar))[1]  # the autoscaler's
+        reply, closed = await asyncio.to_thread(
+            exchange,
+            port,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n",
+        )
+    replies, _ = split_replies(reply)
+    assert closed and [r.status for r in replies] == [200]
+    assert replies[0].headers[b"connection"] == b"close"
+
+
+async def test_an_idle_kept_alive_endpoint_connection_is_closed_after_the_header_timeout() -> None:
+    async with (
+        RawApp() as app,
+        sidecar_for(
+            app.port,
+            QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS="1",
+            OBSERVABILITY_CONFIG=USER_METRICS_ON,
+        ) as sidecar,
+    ):
+        port = (await endpoint_ports(sidecar))[1]
+
+        def idle_after_one_scrape() -> bool:
+            with socket.create_connection(("127.0.0.1", port), 5) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_one(sock).status == 200
+                return read_until_eof(sock, 5.0)[1]
+
+        assert await asyncio.to_thread(idle_after_one_scrape)
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        b"K-Network-Probe: probe\r\nK-Network-Hash: h\r\nConnection: k-network-probe\r\n",
+        b"User-Agent: kube-probe/1.30\r\nK-Network-Probe: queue\r\nConnection: user-agent\r\n",
+    ],
+    ids=["network-probe", "health-check"],
+)
+async def test_connection_cannot_hide_a_probe_from_the_sidecar(hidden: bytes) -> None:
+    async with RawApp() as app, sidecar_for(app.port) as sidecar:
+        reply, _ = await asyncio.to_thread(
+            exchange,
+            sidecar.port,
+            b"GET /p HTTP/1.1\r\nHost: x\r\n" + hidden + b"Connection: close\r\n\r\n",
+        )
+    assert [r.status for r in split_replies(reply)[0]] == [200]
+    assert app.seen == [], "a probe is answered by the sidecar, never forwarded"
+
+
+async def test_an_invalid_k_original_host_is_refused() -> None:
+    async with RawApp() as app, sidecar_for(app.port) as sidecar:
+        reply, closed = await asyncio.to_thread(
+            exchange,
+            sidecar.port,
+            b"GET / HTTP/1.1\r\nHost: a\r\nK-Original-Host: evil.com/ x\ty\r\n\r\n",
+        )
+    assert closed and [r.status for r in split_replies(reply)[0]] == [400]
+    assert app.seen == []
