@@ -100,8 +100,17 @@ class Observation:
         return "\n".join(lines)
 
 
-def observe(stack: Stack, case: Case, sub: Callable[[bytes], bytes], marker: bytes) -> Observation:
-    """Send the case's bytes on a fresh connection and read what comes back."""
+def observe(
+    stack: Stack,
+    case: Case,
+    sub: Callable[[bytes], bytes],
+    marker: bytes,
+    explore: bool = False,
+) -> Observation:
+    """Send the case's bytes on a fresh connection and read what comes back.
+
+    `explore` (comparing proxies, tests/compare_haproxy.py): whatever statuses came, find out
+    whether the connection is still usable, not only what the case's outcomes need."""
     obs = Observation()
     with connect(stack.port) as sock:
         # Substituted as a whole: a write boundary may fall inside the marker.
@@ -126,6 +135,9 @@ def observe(stack: Stack, case: Case, sub: Callable[[bytes], bytes], marker: byt
         candidates = [
             o for o in case.outcomes if o.statuses == obs.statuses and o.truncated == obs.truncated
         ]
+        if explore:
+            found = Outcome(obs.statuses, None, truncated=obs.truncated)
+            candidates = [] if reader.timed_out else [found]
         if reader.switched:
             if case.tunnel and send_quietly(sock, case.tunnel):
                 obs.tunnel_echo = reader.read_raw(len(case.tunnel))
