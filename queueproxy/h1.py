@@ -223,14 +223,18 @@ def find_head_end(buffer: bytes | bytearray, start: int, scanned: int) -> int:
     end = buffer.find(b"\r\n\r\n", max(start, scanned - 3))
     if end >= 0:
         if end + 4 - start > MAX_HEAD_BYTES:
-            raise ProtocolError(431, "Request Header Fields Too Large")
+            _too_large(buffer, start)
         return end + 4
     if len(buffer) - start > MAX_HEAD_BYTES:
-        first_line = buffer.find(b"\r\n", start, start + MAX_HEAD_BYTES)
-        if first_line < 0:
-            raise ProtocolError(414, "URI Too Long")
-        raise ProtocolError(431, "Request Header Fields Too Large")
+        _too_large(buffer, start)
     return -1
+
+
+def _too_large(buffer: bytes | bytearray, start: int) -> None:
+    # RFC 9112 §3: a request line longer than we accept is a 414; a long head otherwise a 431.
+    if buffer.find(b"\r\n", start, start + MAX_HEAD_BYTES) < 0:
+        raise ProtocolError(414, "URI Too Long")
+    raise ProtocolError(431, "Request Header Fields Too Large")
 
 
 def check_partial_head(

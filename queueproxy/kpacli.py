@@ -30,9 +30,9 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from urllib.parse import urlsplit
 
-import aiohttp
-
+from queueproxy.h1 import body_reader, parse_response_head
 from queueproxy.kpa import LINEAR, WEIGHTED_EXPONENTIAL, Decision, KpaConfig, KpaModel, Stat
 
 SCRAPE_PERIOD = 1.0  # seconds; `collector.go` `scrapeTickInterval`
@@ -131,23 +131,49 @@ def metrics_url(url: str) -> str:
     return f"{scheme}://{rest}"
 
 
-async def scrape(session: aiohttp.ClientSession, url: str) -> Stat:
-    """One pod, as `httpScrapeClient.Do`; raises on any failure."""
-    async with session.get(url, headers={"Accept": PROTOBUF}) as response:
+async def scrape(url: str) -> Stat:
+    """One pod, as `httpScrapeClient.Do`; raises on any failure (3 s in all)."""
+    return await asyncio.wait_for(_scrape(url), SCRAPE_TIMEOUT)
+
+
+async def _scrape(url: str) -> Stat:
+    # A plain HTTP/1.1 GET over asyncio streams, read with our own framing rules (h1): the
+    # sidecar's package keeps aiohttp out (docs/design.md), and this is one small request.
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"only http:// URLs can be scraped: {url}")
+    port = parts.port or 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    reader, writer = await asyncio.open_connection(parts.hostname, port)
+    try:
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: {PROTOBUF}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        response = parse_response_head(head, b"GET", False)
         if not 200 <= response.status < 300:
             raise ValueError(f"GET {url} returned HTTP status {response.status}")
-        if response.headers.get("Content-Type") != PROTOBUF:
-            raise ValueError(f"unsupported metric type {response.headers.get('Content-Type')!r}")
+        content_type = next(
+            (v.decode() for n, v in response.headers if n.lower() == b"content-type"), None
+        )
+        if content_type != PROTOBUF:
+            raise ValueError(f"unsupported metric type {content_type!r}")
+        body_reader_ = body_reader(response.framing, response.length)
         body = b""
-        while len(body) < BODY_LIMIT and (chunk := await response.content.read(BODY_LIMIT)):
-            body += chunk
+        while body_reader_ is not None and not body_reader_.done and len(body) < BODY_LIMIT:
+            data = await reader.read(BODY_LIMIT)
+            if not data:
+                break
+            chunks, _ = body_reader_.read(data, 0)
+            body += b"".join(chunks)
+    finally:
+        writer.close()
     return decode_stat(body[:BODY_LIMIT])
 
 
-async def scrape_all(
-    session: aiohttp.ClientSession, urls: Sequence[str]
-) -> list[Stat | BaseException]:
-    return await asyncio.gather(*(scrape(session, url) for url in urls), return_exceptions=True)
+async def scrape_all(urls: Sequence[str]) -> list[Stat | BaseException]:
+    return await asyncio.gather(*(scrape(url) for url in urls), return_exceptions=True)
 
 
 def format_decision(decision: Decision, scraped: int, pods: int) -> str:
@@ -189,34 +215,30 @@ async def run(args: argparse.Namespace, config: KpaConfig) -> int:
     model = KpaModel(config, now=0.0, ready_pods=pods)
     results: list[Stat | BaseException] = []
     next_scrape, next_report, reports = 0.0, args.interval, 0
-    timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        while args.count is None or reports < args.count:
-            await asyncio.sleep(
-                max(0.0, min(next_scrape, next_report) - (time.monotonic() - start))
-            )
+    while args.count is None or reports < args.count:
+        await asyncio.sleep(max(0.0, min(next_scrape, next_report) - (time.monotonic() - start)))
+        now = time.monotonic() - start
+        if now >= next_scrape:
+            results = await scrape_all(urls)
+            stats = [result for result in results if isinstance(result, Stat)]
             now = time.monotonic() - start
-            if now >= next_scrape:
-                results = await scrape_all(session, urls)
-                stats = [result for result in results if isinstance(result, Stat)]
-                now = time.monotonic() - start
-                if stats and len(stats) >= needed:
-                    model.record(now, aggregate(stats, pods))
-                while next_scrape <= now:
-                    next_scrape += SCRAPE_PERIOD
-            if now >= next_report:
-                decision = model.decide(now, pods)
-                scraped = sum(isinstance(result, Stat) for result in results)
-                if args.json:
-                    print(report_json(decision, urls, results), flush=True)
-                else:
-                    print(format_decision(decision, scraped, pods), flush=True)
-                    for url, result in zip(urls, results, strict=True):
-                        if not isinstance(result, Stat):
-                            print(f"  {url}: {describe(result)}", file=sys.stderr, flush=True)
-                reports += 1
-                while next_report <= now:
-                    next_report += args.interval
+            if stats and len(stats) >= needed:
+                model.record(now, aggregate(stats, pods))
+            while next_scrape <= now:
+                next_scrape += SCRAPE_PERIOD
+        if now >= next_report:
+            decision = model.decide(now, pods)
+            scraped = sum(isinstance(result, Stat) for result in results)
+            if args.json:
+                print(report_json(decision, urls, results), flush=True)
+            else:
+                print(format_decision(decision, scraped, pods), flush=True)
+                for url, result in zip(urls, results, strict=True):
+                    if not isinstance(result, Stat):
+                        print(f"  {url}: {describe(result)}", file=sys.stderr, flush=True)
+            reports += 1
+            while next_report <= now:
+                next_report += args.interval
     return 0
 
 

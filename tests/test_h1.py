@@ -364,3 +364,10 @@ def test_content_length_reader_stops_at_its_length() -> None:
 def test_a_request_line_that_cannot_start_a_method_is_refused_at_once(partial: bytes) -> None:
     with pytest.raises(ProtocolError):
         check_partial_head(partial, 0, 0, False)
+
+
+def test_a_complete_head_with_a_request_line_over_the_bound_is_a_414() -> None:
+    head = b"GET /" + b"a" * MAX_HEAD_BYTES + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    with pytest.raises(ProtocolError) as raised:
+        find_head_end(head, 0, 0)
+    assert raised.value.status == 414

@@ -90,7 +90,7 @@ async def test_kpa_reports_the_held_load() -> None:
 
                 async def loaded() -> bool:  # a whole 1 s window with all three in flight
                     nonlocal stat
-                    stat = await kpacli.scrape(client, metrics)
+                    stat = await kpacli.scrape(metrics)
                     return abs(stat.average_concurrent_requests - 3.0) < 1e-9
 
                 deadline = asyncio.get_running_loop().time() + 10
