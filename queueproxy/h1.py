@@ -12,10 +12,11 @@ Theory of operation:
   quadratic re-scans of a slowly arriving head) and enforces `MAX_HEAD_BYTES` while the head is
   still incomplete, so an endless header line is refused as it grows, not when it ends.
   `check_partial_head` refuses what can already be seen to be broken (HTTP/0.9, bare LF/CR).
-- `parse_request_head` validates the whole head with one linear regular expression (no
-  backtracking: the character classes are disjoint) and decides the request's framing
-  (`BodyFraming`). It raises `ProtocolError` carrying the status to answer with (h11's
-  `error_status_hint`): 400, 405, 414, 431, 501 or 505.
+- `parse_request_head` validates the head with byte operations that run in C
+  (`bytes.translate` leaves what is not allowed, `count` checks that every CR and LF is a CRLF)
+  and one split into lines, and decides the request's framing (NO_BODY, LENGTH, CHUNKED). It
+  raises `ProtocolError` carrying the status to answer with (as h11's `error_status_hint`):
+  400, 405, 414, 431, 501 or 505.
 - `parse_response_head` does the same for the app's answers; errors there mean 502.
 - `ContentLengthReader`, `ChunkedReader` and `UntilCloseReader` cut a body out of a byte stream:
   `read(data, pos)` returns the payload bytes it found and the position after them; `done` says the
@@ -66,18 +67,12 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _FIELD_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n"
 _FIELDS = re.compile(b"(?:" + _FIELD_LINE + b")*")
 _TOKEN_RE = re.compile(_TOKEN)
-# request-line = method SP request-target SP HTTP-version (RFC 9112 §3). The target is checked
-# separately against RFC 3986's characters.
-_REQUEST_LINE = re.compile(b"(" + _TOKEN + rb") ([^\x00-\x20\x7f-\xff]+) HTTP/([0-9])\.([0-9])")
-# RFC 3986 characters of origin-form and absolute-form targets; `%` must start a %XX escape.
-_TARGET = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?\[\]]|%[0-9A-Fa-f]{2})+")
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
 # Host = uri-host [ ":" port ]; reg-name, IPv4 or an IP-literal in brackets (RFC 3986 §3.2.2).
 _HOST = re.compile(
     rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*(?::[0-9]*)?"
     rb"|\[[0-9A-Fa-f:.vV\-]+\](?::[0-9]*)?"
 )
-_STATUS_LINE = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?")
 _DIGITS = re.compile(rb"[0-9]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), RFC 9112 §7.1.1.

@@ -10,9 +10,6 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
-# Go's http.Server default (MaxHeaderBytes = 1 MiB); Knative's queue-proxy inherits it.
-MAX_HEADER_BYTES = 1 << 20
-
 # Go's ReadHeaderTimeout on every Knative server: slowloris protection.
 READ_HEADER_TIMEOUT = 60.0
 
@@ -92,8 +89,3 @@ def simple_response(
     if not head_only:
         parts.append(body)
     return b"".join(parts)
-
-
-def connection_tokens(value: bytes) -> set[bytes]:
-    """The lower-cased tokens of a Connection header value."""
-    return {token.strip().lower() for token in value.split(b",") if token.strip()}
