@@ -430,7 +430,7 @@ class ClientConnection(asyncio.Protocol):
             tail = b"".join(
                 name + b": " + value + b"\r\n"
                 for name, value in trailers
-                if name.lower() not in FORBIDDEN_TRAILERS
+                if name.lower().replace(b"_", b"-") not in FORBIDDEN_TRAILERS
             )
             self._send_body(exchange, b"0\r\n" + tail + b"\r\n")
 
@@ -463,6 +463,7 @@ class ClientConnection(asyncio.Protocol):
         xff: list[bytes] = []
         xfp = xfh = b""
         forwarded = False
+        seen_proxy_request = False
         te_trailers = False
         # Fields named in Connection are hop-by-hop, except those that frame or route the
         # message: those are rendered below from the framing decision, never dropped.
@@ -476,17 +477,22 @@ class ClientConnection(asyncio.Protocol):
                     te_trailers = te_trailers or b"trailers" in value.lower()
                 continue
             if lname in _STRIPPED_REQUEST:
-                if lname == b"k-original-host":
+                if lname == b"k-original-host" and not original_host:
                     original_host = value
                 continue
             # What the request is (probe, health check, proxied) is decided before hop-by-hop
-            # removal, as Knative's handlers see it: `Connection` cannot hide a probe.
+            # removal, as Knative's handlers see it: `Connection` cannot hide a probe. A repeated
+            # field counts by its first value, as Go's `Header.Get` reads it.
             if lname == b"user-agent":
-                exchange.user_agent = value
+                if not exchange.user_agent:
+                    exchange.user_agent = value
             elif lname == b"k-network-probe":
-                exchange.network_probe = value
+                if exchange.network_probe is None:
+                    exchange.network_probe = value
             elif lname == b"k-proxy-request":
-                exchange.proxied = value == b"activator"
+                if not seen_proxy_request:
+                    seen_proxy_request = True
+                    exchange.proxied = value == b"activator"
             if named is not None and lname in named:
                 continue
             if lname == b"x-forwarded-for":
@@ -748,7 +754,7 @@ class ClientConnection(asyncio.Protocol):
                 tail = b"".join(
                     n + b": " + v + b"\r\n"
                     for n, v in trailers
-                    if n.lower() not in FORBIDDEN_TRAILERS
+                    if n.lower().replace(b"_", b"-") not in FORBIDDEN_TRAILERS
                 )
             self._write(b"0\r\n" + tail + b"\r\n")
         self._finish(exchange)

@@ -294,6 +294,10 @@ class UpstreamPool:
             upstream.abort()
             return
         upstream.reused = False
+        # An idle connection must be read: that is how the app's close (or bytes nobody asked
+        # for) is noticed before a request is written into it. It may come back paused, by a
+        # client that was not reading its response.
+        upstream.resume_reading()
         self.idle.append(upstream)
 
     def forget(self, upstream: UpstreamConnection) -> None:

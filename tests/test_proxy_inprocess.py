@@ -59,3 +59,38 @@ async def test_a_request_head_that_never_completes_is_cut_without_holding_others
         server.close()
         path.pool.close()
         await runner.cleanup()
+
+
+async def test_a_connection_goes_back_to_the_pool_being_read() -> None:
+    """A slow client pauses reading from the app; if its exchange ends meanwhile, the connection
+    must not sit in the pool unread: the app's close (or stray bytes) would go unnoticed and the
+    next request, a POST perhaps, would be written into a closed socket."""
+    from queueproxy.upstream import UpstreamConnection, UpstreamPool
+
+    loop = asyncio.get_running_loop()
+    closed_by_app = asyncio.Event()
+
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)
+        writer.close()  # an app closing its idle keep-alive connection
+        closed_by_app.set()
+
+    server = await asyncio.start_server(app, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(loop, "127.0.0.1", port, 10)
+    try:
+        _, upstream = await loop.create_connection(
+            lambda: UpstreamConnection(pool), "127.0.0.1", port
+        )
+        upstream.pause_reading()  # as `ClientConnection.pause_writing` does for a slow client
+        pool.release(upstream)
+        assert upstream.transport.is_reading()
+        await asyncio.wait_for(closed_by_app.wait(), 2)
+        for _ in range(100):  # the close is seen, and the connection leaves the pool
+            if not pool.idle:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.idle == [] and upstream.closed
+    finally:
+        pool.close()
+        server.close()
