@@ -161,7 +161,7 @@ class RequestHead:
         self.method = b""
         self.target = b""
         self.version = b"1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: tuple[tuple[bytes, bytes], ...] = ()
         self.host: bytes | None = None
         self.framing = NO_BODY
         self.length = 0
@@ -194,7 +194,7 @@ class ResponseHead:
     def __init__(self) -> None:
         self.status = 0
         self.version = b"1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: tuple[tuple[bytes, bytes], ...] = ()
         self.fields = b""
         self.plain = True
         self.has_date = False
@@ -310,7 +310,7 @@ def parse_request_head(head: bytes) -> RequestHead:
         raise ProtocolError(405, "Method Not Allowed: CONNECT")
     request.target, target_host = _origin_form(method, target)
 
-    headers = request.headers
+    headers: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
     hosts = 0
     content_length: bytes | None = None
@@ -347,6 +347,7 @@ def parse_request_head(head: bytes) -> RequestHead:
         elif lname == b"upgrade":
             upgrade = value
 
+    request.headers = tuple(headers)  # parse results are shared (HeadMemo): immutable
     if hosts > 1 or (hosts == 0 and version == b"1.1"):
         raise ProtocolError(400, "Bad Request: missing or duplicate Host header")
     if host is not None and not valid_host(host):
@@ -485,7 +486,7 @@ def parse_response_head(
     transfer_encoding: list[bytes] | None = None
     connection: list[bytes] | None = None
     plain = True
-    headers = response.headers
+    headers: list[tuple[bytes, bytes]] = []
     for line in fields[:-2].split(b"\r\n") if fields else ():
         name, colon, value = line.partition(b":")
         if not colon or not name or name.translate(None, _TCHAR):
@@ -511,6 +512,7 @@ def parse_response_head(
                 if connection is None:
                     connection = []
                 connection.append(value)
+    response.headers = tuple(headers)  # parse results are shared (HeadMemo): immutable
     tokens = _connection_tokens(connection)
     response.connection = tokens
     if response.version == b"1.1":
@@ -545,6 +547,50 @@ def parse_response_head(
         response.framing = UNTIL_CLOSE
         response.keep_alive = False
     return response
+
+
+# -- Memo ------------------------------------------------------------------------------------
+
+
+class HeadMemo:
+    """Parsed heads by their exact bytes: clients and apps repeat the same heads (a load
+    balancer's keep-alive GETs, an app's responses within one second of `Date`), and parsing is
+    the largest part of a proxied request's CPU. A parse is a pure function of the bytes, so a
+    hit returns what parsing would; the results are never mutated by their users. Only valid
+    heads of at most `max_head` bytes are kept, at most `size` of them (the memo is emptied when
+    full), so it holds at most size × max_head bytes of keys.
+    """
+
+    __slots__ = ("requests", "responses", "size", "max_head")
+
+    def __init__(self, size: int = 256, max_head: int = 1024) -> None:
+        self.requests: dict[bytes, RequestHead] = {}
+        self.responses: dict[tuple[bytes, bytes, bool], ResponseHead] = {}
+        self.size = size
+        self.max_head = max_head
+
+    def request(self, head: bytes) -> RequestHead:
+        """`parse_request_head(head)`, remembered."""
+        parsed = self.requests.get(head)
+        if parsed is None:
+            parsed = parse_request_head(head)
+            if len(head) <= self.max_head:
+                if len(self.requests) >= self.size:
+                    self.requests.clear()
+                self.requests[head] = parsed
+        return parsed
+
+    def response(self, head: bytes, request_method: bytes, upgrade: bool) -> ResponseHead:
+        """`parse_response_head(head, request_method, upgrade)`, remembered."""
+        key = (head, request_method, upgrade)
+        parsed = self.responses.get(key)
+        if parsed is None:
+            parsed = parse_response_head(head, request_method, upgrade)
+            if len(head) <= self.max_head:
+                if len(self.responses) >= self.size:
+                    self.responses.clear()
+                self.responses[key] = parsed
+        return parsed
 
 
 # -- Bodies ------------------------------------------------------------------------------------

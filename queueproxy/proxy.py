@@ -40,13 +40,13 @@ from queueproxy.h1 import (
     NO_BODY,
     PROTECTED_FIELDS,
     BodyReader,
+    HeadMemo,
     ProtocolError,
     RequestHead,
     ResponseHead,
     body_reader,
     check_partial_head,
     find_head_end,
-    parse_request_head,
     skip_empty_lines,
     valid_host,
 )
@@ -127,7 +127,8 @@ class DataPath:
         self.read_header_timeout = read_header_timeout
         # Write times matter only to the response-start and idle rules.
         self.track_writes = timeout_rules.response_start > 0 or timeout_rules.idle > 0
-        self.pool = UpstreamPool(loop, upstream_host, upstream_port, max_idle)
+        self.memo = HeadMemo()
+        self.pool = UpstreamPool(loop, upstream_host, upstream_port, max_idle, self.memo)
         self.upstream_host_header = f"{upstream_host}:{upstream_port}".encode()
         self.observer: Observer | None = None
         self.responder: LocalResponder | None = None
@@ -398,7 +399,7 @@ class ClientConnection(asyncio.Protocol):
             self._keep(data, start)
             self.scanned = len(self.buffer)
             return -1
-        request = parse_request_head(bytes(data[start:end]))
+        request = self.path.memo.request(bytes(data[start:end]))
         self.scanned = 0
         self.line_checked = False
         self.header_deadline = 0.0

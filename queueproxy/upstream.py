@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 from queueproxy.h1 import (
     UNTIL_CLOSE,
     BodyReader,
+    HeadMemo,
     ProtocolError,
     ResponseHead,
     body_reader,
     check_partial_head,
     find_head_end,
-    parse_response_head,
 )
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class UpstreamConnection(asyncio.Protocol):
                     self._keep(data, pos)
                     return
                 self.scanned = 0
-                head = parse_response_head(
+                head = self.pool.memo.response(
                     bytes(data[pos:end]), exchange.method, bool(exchange.upgrade)
                 )
                 pos = end
@@ -243,9 +243,15 @@ class UpstreamPool:
     DIAL_TIMEOUTS = tuple(0.05 * 1.4**step for step in range(10))
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, host: str, port: int, max_idle: int
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        max_idle: int,
+        memo: HeadMemo | None = None,
     ) -> None:
         self.loop = loop
+        self.memo = memo if memo is not None else HeadMemo()
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"

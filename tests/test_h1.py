@@ -371,3 +371,27 @@ def test_a_complete_head_with_a_request_line_over_the_bound_is_a_414() -> None:
     with pytest.raises(ProtocolError) as raised:
         find_head_end(head, 0, 0)
     assert raised.value.status == 414
+
+
+def test_the_memo_returns_what_parsing_returns_and_stays_bounded() -> None:
+    memo = h1.HeadMemo(size=4, max_head=256)
+    head = request(b"Host: x", b"Content-Length: 5")
+    first = memo.request(head)
+    assert memo.request(head) is first and (first.framing, first.length) == (LENGTH, 5)
+    with pytest.raises(ProtocolError):
+        memo.request(request())  # invalid heads raise every time and are never kept
+    assert len(memo.requests) == 1
+    for index in range(10):
+        memo.request(request(b"Host: h%d" % index))
+    assert len(memo.requests) <= 4
+    memo.request(request(b"Host: x", b"X: " + b"v" * 300))  # too long to keep
+    assert all(len(key) <= 256 for key in memo.requests)
+    assert isinstance(first.headers, tuple)  # shared results cannot be changed by a user
+
+
+def test_the_memo_keys_responses_by_the_request_method_too() -> None:
+    memo = h1.HeadMemo()
+    head = response(b"Content-Length: 9")
+    assert memo.response(head, b"GET", False).framing == LENGTH
+    assert memo.response(head, b"HEAD", False).framing == NO_BODY
+    assert memo.response(head, b"GET", False).framing == LENGTH
