@@ -615,9 +615,9 @@ class ContentLengthReader:
         self.remaining -= take
         if self.remaining == 0:
             self.done = True
-        if pos == 0 and take == len(data):
-            return [data], take
-        return [data[pos : pos + take]], pos + take
+        if pos == 0 and take == len(data) and type(data) is bytes:
+            return [data], take  # no copy; a bytearray is copied, its owner reuses it
+        return [bytes(data[pos : pos + take])], pos + take
 
 
 class UntilCloseReader:
@@ -632,7 +632,9 @@ class UntilCloseReader:
     def read(self, data: bytes, pos: int) -> tuple[list[bytes], int]:
         if pos >= len(data):
             return [], pos
-        return [data[pos:] if pos else data], len(data)
+        if pos == 0 and type(data) is bytes:
+            return [data], len(data)
+        return [bytes(data[pos:])], len(data)
 
 
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
@@ -665,7 +667,7 @@ class ChunkedReader:
             state = self.state
             if state == _DATA:
                 take = min(self.remaining, end - pos)
-                out.append(data[pos : pos + take])
+                out.append(bytes(data[pos : pos + take]))
                 pos += take
                 self.remaining -= take
                 if self.remaining == 0:
