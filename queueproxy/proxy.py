@@ -329,9 +329,9 @@ class ClientConnection(asyncio.Protocol):
             exchange.upstream.resume_reading()
         if self.tunnel_upstream is not None:
             self.tunnel_upstream.resume_reading()
-        if self.reading_paused & _ANSWERING and exchange is None:
+        if self.reading_paused and exchange is None and not self.closed:
             # Requests waited for the client to read its answers: go on with them.
-            self._resume_reading(_ANSWERING)
+            self._resume_reading(_ANSWERING | _BODY_BACKLOG | _UPSTREAM_FULL)
             if self.buffer and not self.processing:
                 self._process(self.buffer)
 
@@ -859,7 +859,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.writing_paused:
             return  # resume_writing goes on with what is buffered
-        self._resume_reading(_ANSWERING)
+        # Whatever paused reading for this exchange (its body waiting for a connection, the
+        # app's full socket buffer) ended with it: the next request is read.
+        self._resume_reading(_ANSWERING | _BODY_BACKLOG | _UPSTREAM_FULL)
         if self.buffer and not self.processing:
             self._process(self.buffer)
 
