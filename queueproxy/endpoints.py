@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 from queueproxy.h1 import (
     NO_BODY,
+    HeadFinder,
     ProtocolError,
     RequestHead,
-    check_partial_head,
-    find_head_end,
     parse_request_head,
     skip_empty_lines,
 )
@@ -68,8 +67,7 @@ class EndpointProtocol(asyncio.Protocol):
         self.read_header_timeout = read_header_timeout
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.scanned = 0
-        self.line_checked = False
+        self.heads = HeadFinder()
         self.busy = False  # a handler is running or its answer is being sent
         self.paused = False  # reading stopped while busy or while the client is not reading
         self.writing_paused = False
@@ -108,7 +106,6 @@ class EndpointProtocol(asyncio.Protocol):
     def _process(self) -> None:
         buffer = self.buffer
         pos = 0
-        incomplete = False
         try:
             while self.transport is not None and not self.busy and not self.writing_paused:
                 start = skip_empty_lines(buffer, pos)
@@ -117,19 +114,13 @@ class EndpointProtocol(asyncio.Protocol):
                     break
                 if self.header_timer is None:
                     self._arm_header_timer()
-                end = find_head_end(buffer, start, self.scanned)
+                end = self.heads.find(buffer, start)
                 if end < 0:
-                    self.line_checked = check_partial_head(
-                        buffer, start, self.scanned, self.line_checked
-                    )
                     pos = start
-                    incomplete = True
                     break
                 head = parse_request_head(bytes(buffer[start:end]))
                 pos = end
-                self.scanned = 0
                 self._cancel_header_timer()
-                self.line_checked = False
                 self._begin(head)
         except ProtocolError as error:
             self._fail(error.status, error.reason.encode() + b"\n")
@@ -138,8 +129,6 @@ class EndpointProtocol(asyncio.Protocol):
             return
         if pos:
             del buffer[:pos]
-        # Heads are searched from where the last search stopped (absolute index into the buffer).
-        self.scanned = len(buffer) if incomplete else 0
         if (self.busy or self.writing_paused) and buffer and not self.paused:
             self.paused = True
             self.transport.pause_reading()

@@ -40,6 +40,7 @@ every leniency is a place where two parsers can disagree about a message boundar
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Final
 
 # The largest request or response head we accept, counted as bytes arrive. Go allows 1 MiB; 64 KiB
@@ -60,13 +61,6 @@ IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 (`net/http` `Request.isReplayable`, RFC 9110 §9.2.2). PUT and DELETE are idempotent by definition
 but Go does not replay them without an idempotency key, and neither do we."""
 
-# RFC 9110 §5.6.2 tchar.
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-# A field line: token ":" then any visible character, SP, HTAB or obs-text; OWS is stripped
-# afterwards. One character class for the value keeps the match linear.
-_FIELD_LINE = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n"
-_FIELDS = re.compile(b"(?:" + _FIELD_LINE + b")*")
-_TOKEN_RE = re.compile(_TOKEN)
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)(.*)")
 # Host = uri-host [ ":" port ]; reg-name, IPv4 or an IP-literal in brackets (RFC 3986 §3.2.2).
 _HOST = re.compile(
@@ -259,6 +253,37 @@ def check_partial_head(
     return True
 
 
+class HeadFinder:
+    """Finds where a head ends as its bytes arrive, one connection's state for
+    `find_head_end` and `check_partial_head`: how much of the incomplete head was searched
+    (relative to its first byte, so the caller may move it within its buffer) and whether its
+    request line was checked. `request=False` reads response heads (their status line is checked
+    with the whole head).
+    """
+
+    __slots__ = ("request", "scanned", "line_checked")
+
+    def __init__(self, request: bool = True) -> None:
+        self.request = request
+        self.scanned = 0
+        self.line_checked = not request
+
+    def find(self, buffer: bytes | bytearray, start: int) -> int:
+        """The index after the head that begins at `start`, or -1 while it is incomplete.
+
+        Raises ProtocolError as `find_head_end` and `check_partial_head` do.
+        """
+        scanned = start + self.scanned
+        end = find_head_end(buffer, start, scanned)
+        if end >= 0:
+            self.scanned = 0
+            self.line_checked = not self.request
+            return end
+        self.line_checked = check_partial_head(buffer, start, scanned, self.line_checked)
+        self.scanned = len(buffer) - start
+        return -1
+
+
 def skip_empty_lines(buffer: bytes | bytearray, start: int) -> int:
     """RFC 9112 §2.2: a server SHOULD ignore empty lines received before a request-line."""
     while buffer.startswith(b"\r\n", start):
@@ -272,7 +297,7 @@ def skip_empty_lines(buffer: bytes | bytearray, start: int) -> int:
 def _parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     method, _, rest = line.partition(b" ")
     target, _, version = rest.partition(b" ")
-    if not method or method.translate(None, _TCHAR) or not target or not version:
+    if not _is_token(method) or not target or not version:
         if line.count(b" ") == 1:
             raise ProtocolError(400, "Bad Request: malformed request line (no HTTP version)")
         raise ProtocolError(400, "Bad Request: malformed request line")
@@ -291,6 +316,28 @@ def _field_block_ok(block: bytes) -> bool:
     """No control character but HTAB, and every CR and LF part of a CRLF (RFC 9112 §2.2, §5.2)."""
     rest = block.translate(None, _FIELD_BYTES)
     return len(rest) == 2 * block.count(b"\r\n")
+
+
+def _is_token(value: bytes) -> bool:
+    """RFC 9110 §5.6.2: one or more tchar."""
+    return bool(value) and not value.translate(None, _TCHAR)
+
+
+def _split_fields(block: bytes, status: int) -> list[tuple[bytes, bytes, bytes]]:
+    """The field lines of `block` (each ending with CRLF; control characters already refused by
+    `_field_block_ok`) as (name, value without OWS, lower-case name).
+
+    field-line = field-name ":" OWS field-value OWS (RFC 9112 §5): the name must be a token,
+    with nothing between it and the colon; obs-fold starts with whitespace and so is no token.
+    Raises ProtocolError(status) for a line that is not a field line.
+    """
+    fields = []
+    for line in block[:-2].split(b"\r\n") if block else ():
+        name, colon, value = line.partition(b":")
+        if not colon or not _is_token(name):
+            raise ProtocolError(status, "Bad Request: malformed header field")
+        fields.append((name, value.strip(b" \t"), name.lower()))
+    return fields
 
 
 def parse_request_head(head: bytes) -> RequestHead:
@@ -318,14 +365,8 @@ def parse_request_head(head: bytes) -> RequestHead:
     transfer_encoding: list[bytes] | None = None
     connection: list[bytes] | None = None
     upgrade = b""
-    fields_start = line_end + 2
-    for line in head[fields_start:-4].split(b"\r\n") if len(head) > fields_start + 2 else ():
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TCHAR):
-            raise ProtocolError(400, "Bad Request: malformed header field")
-        value = value.strip(b" \t")
+    for name, value, lname in _split_fields(head[line_end + 2 : -2], 400):
         headers.append((name, value))
-        lname = name.lower()
         if b"_" in lname and lname.replace(b"_", b"-") in _FRAMING_FIELDS:
             # CGI-style servers (WSGI, PHP) read `Content_Length` as `Content-Length`: a field
             # that we would forward as an ordinary one but the app would frame by.
@@ -420,7 +461,7 @@ def _origin_form(method: bytes, target: bytes) -> tuple[bytes, bytes | None]:
 def _check_chunked_only(values: list[bytes]) -> None:
     codings = [c.strip(b" \t").lower() for value in values for c in value.split(b",")]
     for coding in codings:
-        if not coding or _TOKEN_RE.fullmatch(coding) is None:
+        if not _is_token(coding):
             raise ProtocolError(400, "Bad Request: malformed Transfer-Encoding")
     if codings == [b"chunked"]:
         return
@@ -487,13 +528,8 @@ def parse_response_head(
     connection: list[bytes] | None = None
     plain = True
     headers: list[tuple[bytes, bytes]] = []
-    for line in fields[:-2].split(b"\r\n") if fields else ():
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TCHAR):
-            raise ProtocolError(502, "malformed HTTP response header field")
-        value = value.strip(b" \t")
+    for name, value, lname in _split_fields(fields, 502):
         headers.append((name, value))
-        lname = name.lower()
         if lname not in _FIELDS_OF_NOTE:
             continue
         if lname == b"content-length":
@@ -726,10 +762,10 @@ class ChunkedReader:
         self.trailer_bytes += len(line) + 2
         if self.trailer_bytes > MAX_TRAILER_BYTES:
             raise ProtocolError(431, "Request Header Fields Too Large: trailers")
-        if _FIELDS.fullmatch(line + b"\r\n") is None:
+        if not _field_block_ok(line):
             raise ProtocolError(400, "Bad Request: malformed trailer field")
-        name, _, value = line.partition(b":")
-        self.trailers.append((name, value.strip(b" \t")))
+        ((name, value, _),) = _split_fields(line + b"\r\n", 400)
+        self.trailers.append((name, value))
 
 
 BodyReader = ContentLengthReader | ChunkedReader | UntilCloseReader
@@ -772,3 +808,13 @@ FORBIDDEN_TRAILERS: Final = PROTECTED_FIELDS | frozenset(
         b"range",
     }
 )
+
+
+def render_trailers(trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The trailer fields to send on, as field lines: those that may appear in a trailer
+    (RFC 9110 §6.5.1; `FORBIDDEN_TRAILERS`), an underscore look-alike counted as its dashed name."""
+    return b"".join(
+        name + b": " + value + b"\r\n"
+        for name, value in trailers
+        if name.lower().replace(b"_", b"-") not in FORBIDDEN_TRAILERS
+    )

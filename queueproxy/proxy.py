@@ -34,19 +34,18 @@ from typing import Protocol
 from queueproxy.breaker import Admission, Breaker
 from queueproxy.h1 import (
     CHUNKED,
-    FORBIDDEN_TRAILERS,
     IDEMPOTENT_METHODS,
     LENGTH,
     NO_BODY,
     PROTECTED_FIELDS,
     BodyReader,
+    HeadFinder,
     HeadMemo,
     ProtocolError,
     RequestHead,
     ResponseHead,
     body_reader,
-    check_partial_head,
-    find_head_end,
+    render_trailers,
     skip_empty_lines,
     valid_host,
 )
@@ -133,7 +132,6 @@ class DataPath:
         self.observer: Observer | None = None
         self.responder: LocalResponder | None = None
         self.connections: set[ClientConnection] = set()
-        self.closing = False
 
     def protocol_factory(self) -> ClientConnection:
         return ClientConnection(self)
@@ -244,8 +242,7 @@ class ClientConnection(asyncio.Protocol):
         # Received and not yet parsed: an incomplete head, or what follows the request being
         # answered. Bounded by h1.MAX_HEAD_BYTES plus one read, because reading stops meanwhile.
         self.buffer = bytearray()
-        self.scanned = 0  # how much of an incomplete head has been searched
-        self.line_checked = False  # the incomplete head's request line was validated
+        self.heads = HeadFinder()
         self.exchange: Exchange | None = None  # the request being answered
         self.reader: BodyReader | None = None  # its body, while it is still arriving
         self.processing = False
@@ -393,15 +390,11 @@ class ClientConnection(asyncio.Protocol):
             # Later heads on a kept-alive connection: the minute counts from their first byte.
             self.header_deadline = self.loop.time() + self.path.read_header_timeout
             self._arm(self.header_deadline)
-        end = find_head_end(data, start, self.scanned)
+        end = self.heads.find(data, start)
         if end < 0:
-            self.line_checked = check_partial_head(data, start, self.scanned, self.line_checked)
             self._keep(data, start)
-            self.scanned = len(self.buffer)
             return -1
         request = self.path.memo.request(bytes(data[start:end]))
-        self.scanned = 0
-        self.line_checked = False
         self.header_deadline = 0.0
         self._begin(request)
         return end
@@ -428,12 +421,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange.state == DONE:
             return
         if exchange.body_chunked:
-            tail = b"".join(
-                name + b": " + value + b"\r\n"
-                for name, value in trailers
-                if name.lower().replace(b"_", b"-") not in FORBIDDEN_TRAILERS
-            )
-            self._send_body(exchange, b"0\r\n" + tail + b"\r\n")
+            self._send_body(exchange, b"0\r\n" + render_trailers(trailers) + b"\r\n")
 
     def _protocol_error(self, error: ProtocolError) -> None:
         """A request that cannot be trusted: answer it if nothing is on the wire yet, then close."""
@@ -465,6 +453,7 @@ class ClientConnection(asyncio.Protocol):
         xfp = xfh = b""
         forwarded = False
         seen_proxy_request = False
+        sent_length = False  # `Content-Length: 0` is kept: some apps want it on a POST
         te_trailers = False
         # Fields named in Connection are hop-by-hop, except those that frame or route the
         # message: those are rendered below from the framing decision, never dropped.
@@ -480,6 +469,8 @@ class ClientConnection(asyncio.Protocol):
             if lname in _STRIPPED_REQUEST:
                 if lname == b"k-original-host" and not original_host:
                     original_host = value
+                elif lname == b"content-length":
+                    sent_length = True
                 continue
             # What the request is (probe, health check, proxied) is decided before hop-by-hop
             # removal, as Knative's handlers see it: `Connection` cannot hide a probe. A repeated
@@ -532,7 +523,7 @@ class ClientConnection(asyncio.Protocol):
         framing = request.framing
         if framing == CHUNKED:
             append(b"Transfer-Encoding: chunked\r\n")
-        elif framing == LENGTH or exchange.header(b"content-length") is not None:
+        elif framing == LENGTH or sent_length:
             append(b"Content-Length: %d\r\n" % request.length)
         exchange.head = b"".join(
             (
@@ -750,13 +741,7 @@ class ClientConnection(asyncio.Protocol):
         self, exchange: Exchange, trailers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
         if exchange.response_framing == CHUNKED:
-            tail = b""
-            if trailers:
-                tail = b"".join(
-                    n + b": " + v + b"\r\n"
-                    for n, v in trailers
-                    if n.lower().replace(b"_", b"-") not in FORBIDDEN_TRAILERS
-                )
+            tail = render_trailers(trailers) if trailers else b""
             self._write(b"0\r\n" + tail + b"\r\n")
         self._finish(exchange)
 

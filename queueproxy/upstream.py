@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING
 from queueproxy.h1 import (
     UNTIL_CLOSE,
     BodyReader,
+    HeadFinder,
     HeadMemo,
     ProtocolError,
     ResponseHead,
     body_reader,
-    check_partial_head,
-    find_head_end,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.buffer = bytearray()  # an incomplete response head
-        self.scanned = 0
+        self.heads = HeadFinder(request=False)
         self.response: ResponseHead | None = None
         self.reader: BodyReader | None = None
         self.received = False  # a byte of the current exchange's response arrived
@@ -63,7 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Give the connection to `exchange`; its response is parsed from a clean state."""
         self.exchange = exchange
         self.buffer.clear()
-        self.scanned = 0
+        self.heads.scanned = 0
         self.response = None
         self.reader = None
         self.received = False
@@ -141,12 +140,10 @@ class UpstreamConnection(asyncio.Protocol):
         while True:
             reader = self.reader
             if reader is None:
-                end = find_head_end(data, pos, self.scanned)
+                end = self.heads.find(data, pos)
                 if end < 0:
-                    check_partial_head(data, pos, self.scanned, True)
                     self._keep(data, pos)
                     return
-                self.scanned = 0
                 head = self.pool.memo.response(
                     bytes(data[pos:end]), exchange.method, bool(exchange.upgrade)
                 )
@@ -186,7 +183,6 @@ class UpstreamConnection(asyncio.Protocol):
                 del self.buffer[:pos]
         else:
             self.buffer += memoryview(data)[pos:]
-        self.scanned = len(self.buffer)
 
     def _complete(self, exchange: Exchange, leftover: bool) -> None:
         response = self.response

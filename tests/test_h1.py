@@ -395,3 +395,19 @@ def test_the_memo_keys_responses_by_the_request_method_too() -> None:
     assert memo.response(head, b"GET", False).framing == LENGTH
     assert memo.response(head, b"HEAD", False).framing == NO_BODY
     assert memo.response(head, b"GET", False).framing == LENGTH
+
+
+def test_the_head_finder_resumes_where_it_stopped_even_when_the_head_moves() -> None:
+    data = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    finder = h1.HeadFinder()
+    buffer = bytearray(b"junk!")  # bytes before the head that the caller later drops
+    for byte in data[:-1]:
+        buffer.append(byte)
+        assert finder.find(buffer, 5) == -1
+    del buffer[:5]  # the caller moves the incomplete head to the start of its buffer
+    buffer.append(data[-1])
+    assert finder.find(buffer, 0) == len(data)
+    assert (finder.scanned, finder.line_checked) == (0, False)
+    with pytest.raises(ProtocolError):
+        h1.HeadFinder().find(b"GET /\r\n", 0)  # HTTP/0.9, refused before the blank line
+    assert h1.HeadFinder(request=False).find(b"HTTP/1.1 200 OK\r\n", 0) == -1
