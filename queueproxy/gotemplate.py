@@ -21,9 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from typing import Any
-from urllib.parse import quote_plus
 
 
 class TemplateError(ValueError):
@@ -63,6 +61,8 @@ def format_go_float(value: float) -> str:
         # Here Python's repr is also fixed-point with the same shortest digits; only "x.0" differs.
         text = repr(value)
         return text[:-2] if text.endswith(".0") else text
+    from decimal import Decimal  # rare (huge or tiny values): not worth its import at start
+
     sign, digit_tuple, exponent = Decimal(repr(value)).normalize().as_tuple()
     digits = "".join(map(str, digit_tuple))
     assert isinstance(exponent, int)
@@ -171,6 +171,8 @@ def _fn_html(*args: Any) -> str:
 
 
 def _fn_urlquery(*args: Any) -> str:
+    from urllib.parse import quote_plus  # only templates that call urlquery pay its import
+
     return quote_plus(_text_of(args), safe="", errors="surrogateescape")
 
 

@@ -7,7 +7,6 @@ second (like uvicorn's `on_tick`), and simple responses are assembled from bytes
 from __future__ import annotations
 
 import time
-from email.utils import formatdate
 from http import HTTPStatus
 
 # Go's ReadHeaderTimeout on every Knative server: slowloris protection.
@@ -15,6 +14,9 @@ READ_HEADER_TIMEOUT = 60.0
 
 # Read-side flow control: pause the peer when this much is buffered and not yet written on.
 HIGH_WATER = 256 * 1024
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 STATUS_PHRASES: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -41,6 +43,16 @@ def status_line(version: bytes, status: int) -> bytes:
     return b"HTTP/%s %d %s\r\n" % (version, status, phrase)
 
 
+def imf_fixdate(seconds: float) -> str:
+    """`Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 §5.6.7), what `email.utils.formatdate(…,
+    usegmt=True)` gives without importing the email package (~5 ms of every start)."""
+    t = time.gmtime(seconds)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
+
+
 class DateHeader:
     """The `Date: …` header line, rebuilt at most once a second."""
 
@@ -55,7 +67,7 @@ class DateHeader:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self.line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+            self.line = b"Date: " + imf_fixdate(now).encode() + b"\r\n"
         return self.line
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         raise SystemExit(kpa_main(args[1:]))
 
+    # Start-up only allocates what the process keeps: no garbage for the collector to find, so
+    # it stays off until the listeners are open (server.run freezes what was built, then
+    # enables it).
+    gc.disable()
     from queueproxy.config import ConfigError, load
 
     try:

@@ -8,12 +8,13 @@ nothing else constructs them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import sys
 import time
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import uvloop
 
@@ -31,8 +32,10 @@ from queueproxy.requestlog import LineWriter, RequestLogger
 from queueproxy.stats import RequestStats
 from queueproxy.statwire import StatSnapshot
 from queueproxy.timeouts import TimeoutRules
-from queueproxy.tls import CertificateWatcher, build_context, tls_enabled
 from queueproxy.usermetrics import UserMetrics, build_user_metrics
+
+if TYPE_CHECKING:
+    from queueproxy.tls import CertificateWatcher
 
 # Knative's upstream keep-alive pool (`buildTransport`): CC idle connections, 1000 when unlimited.
 UNLIMITED_IDLE_CONNECTIONS = 1000
@@ -174,12 +177,17 @@ class Sidecar:
                     self.loop, self.user_metrics_endpoint, host, config.user_metrics_port, limit
                 )
             )
-        if tls_enabled(config.certs_dir):
-            await self._start_tls(host)
+        if _may_have_certificates(config.certs_dir):
+            from queueproxy.tls import tls_enabled  # ssl contexts, hashlib, pathlib: on demand
+
+            if tls_enabled(config.certs_dir):
+                await self._start_tls(host)
         self._tick(self.loop.time())
 
     async def _start_tls(self, host: str | None) -> None:
         """The same data path over TLS on 8112; the admin port stays plain HTTP."""
+        from queueproxy.tls import CertificateWatcher, build_context
+
         config = self.config
         context = build_context(config, self.log)
         self.cert_watcher = CertificateWatcher(
@@ -302,6 +310,18 @@ class Sidecar:
         self.log.info("shutdown complete")
 
 
+def _may_have_certificates(certs_dir: str) -> bool:
+    """False only when nothing is at `certs_dir`: then `tls.tls_enabled` is False too, and the
+    TLS module need not be imported. Anything else (even an error) is for `tls_enabled` to judge."""
+    try:
+        os.lstat(certs_dir or ".")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     # Process and request logs share one stdout writer that never blocks the event loop.
@@ -322,6 +342,10 @@ async def _serve(config: Config) -> int:
     except OSError as error:
         print(f"queueproxy: cannot start: {error}", file=sys.stderr, flush=True)
         return 1
+    # What start-up built lives as long as the process: out of the collector's sight, later
+    # full collections stop walking it (main() held the collector off while it was built).
+    gc.freeze()
+    gc.enable()
     log.info(
         f"queue-proxy serving on :{config.queue_serving_port} for 127.0.0.1:{config.user_port}, "
         f"containerConcurrency={config.container_concurrency}"
