@@ -149,6 +149,7 @@ class RequestHead:
         "keep_alive",
         "connection",
         "upgrade",
+        "upstream",
     )
 
     def __init__(self) -> None:
@@ -162,6 +163,9 @@ class RequestHead:
         self.keep_alive = True
         self.connection: frozenset[bytes] = frozenset()
         self.upgrade = b""
+        # The data path's rendering of this head for the app, for one client address (the
+        # head is shared through `HeadMemo`); an opaque tuple owned by `proxy.ClientConnection`.
+        self.upstream: tuple | None = None
 
 
 class ResponseHead:
@@ -274,6 +278,12 @@ class HeadFinder:
         Raises ProtocolError as `find_head_end` and `check_partial_head` do.
         """
         scanned = start + self.scanned
+        # find_head_end, inlined for the usual case: the whole head in one read.
+        end = buffer.find(b"\r\n\r\n", start if scanned - 3 < start else scanned - 3)
+        if 0 <= end and end + 4 - start <= MAX_HEAD_BYTES:
+            self.scanned = 0
+            self.line_checked = not self.request
+            return end + 4
         end = find_head_end(buffer, start, scanned)
         if end >= 0:
             self.scanned = 0

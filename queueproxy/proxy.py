@@ -410,7 +410,22 @@ class ClientConnection(asyncio.Protocol):
     def _begin(self, request: RequestHead) -> None:
         exchange = Exchange(self, request)
         self.exchange = exchange
-        self._build_upstream_head(exchange, request)
+        memo = request.upstream
+        if memo is not None and memo[0] == self.client_ip and memo[1] is self.path:
+            # The same head from the same client (HeadMemo hands out one RequestHead per
+            # distinct head): what the header rules made of it last time holds again.
+            (
+                _,
+                _,
+                exchange.head,
+                exchange.user_agent,
+                exchange.network_probe,
+                exchange.proxied,
+                exchange.retryable,
+                exchange.upgrade,
+            ) = memo
+        else:
+            self._build_upstream_head(exchange, request)
         self.reader = body_reader(request.framing, request.length)
         if self.reader is None:
             exchange.request_done = True
@@ -536,6 +551,16 @@ class ClientConnection(asyncio.Protocol):
                 *kept,
                 b"\r\n",
             )
+        )
+        request.upstream = (
+            self.client_ip,
+            self.path,
+            exchange.head,
+            exchange.user_agent,
+            exchange.network_probe,
+            exchange.proxied,
+            exchange.retryable,
+            exchange.upgrade,
         )
 
     def _start(self, exchange: Exchange) -> None:

@@ -84,6 +84,9 @@ class RequestTimer:
         if not self.active:
             return None
         rules = self.rules
+        if rules.response_start <= 0 and rules.idle <= 0:
+            # Knative's default: only the total timeout, no list to build per request.
+            return self.started_at + rules.total if rules.total > 0 else None
         deadlines = []
         if rules.total > 0:
             deadlines.append(self.started_at + rules.total)

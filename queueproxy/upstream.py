@@ -28,6 +28,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from queueproxy.h1 import (
+    LENGTH,
+    NO_BODY,
     UNTIL_CLOSE,
     BodyReader,
     HeadFinder,
@@ -57,11 +59,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.reused = False
         self.closed = False
+        # Whether we paused the transport's reading: a pooled connection is resumed on every
+        # release and acquire, and most of those find it reading already.
+        self.paused = False
 
     def attach(self, exchange: Exchange) -> None:
         """Give the connection to `exchange`; its response is parsed from a clean state."""
         self.exchange = exchange
-        self.buffer.clear()
+        if self.buffer:
+            self.buffer.clear()
         self.heads.scanned = 0
         self.response = None
         self.reader = None
@@ -161,7 +167,19 @@ class UpstreamConnection(asyncio.Protocol):
                     conn.start_tunnel(exchange, self, bytes(data[pos:]))
                     self.buffer.clear()
                     return
-                reader = body_reader(head.framing, head.length)
+                framing = head.framing
+                if framing == NO_BODY:
+                    self._complete(exchange, pos < len(data))
+                    return
+                if framing == LENGTH:
+                    end = pos + head.length
+                    if pos < end <= len(data):
+                        # The whole body came with the head (a small response): what a
+                        # ContentLengthReader would hand out, without building one.
+                        conn.response_body(exchange, bytes(data[pos:end]))
+                        self._complete(exchange, end < len(data))
+                        return
+                reader = body_reader(framing, head.length)
                 if reader is None:
                     self._complete(exchange, pos < len(data))
                     return
@@ -197,11 +215,15 @@ class UpstreamConnection(asyncio.Protocol):
         )
         self.reader = None
         self.response = None
-        self.buffer.clear()
+        if self.buffer:
+            self.buffer.clear()
         self.exchange = None
         exchange.upstream = None
         # Pool first: finishing may hand the breaker slot to a waiter that wants a connection.
-        self.close_or_pool(reusable)
+        if reusable and not self.closed:
+            self.pool.release(self)
+        else:
+            self.abort()
         exchange.conn.response_complete(exchange, trailers)
 
     # -- Helpers -------------------------------------------------------------------------------
@@ -211,11 +233,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
             self.transport.resume_reading()
 
     def close_or_pool(self, reusable: bool) -> None:
