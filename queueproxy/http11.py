@@ -103,8 +103,16 @@ HOP_BY_HOP = frozenset(
 
 
 def status_line(version: bytes, status: int) -> bytes:
+    if version == b"1.1":
+        line = _STATUS_LINES_11.get(status)
+        if line is not None:
+            return line
     phrase = STATUS_PHRASES.get(status, b"Unknown")
     return b"HTTP/%s %d %s\r\n" % (version, status, phrase)
+
+
+# Built once: every response through the data path starts with one.
+_STATUS_LINES_11 = {s: b"HTTP/1.1 %d %s\r\n" % (s, p) for s, p in STATUS_PHRASES.items()}
 
 
 def imf_fixdate(seconds: float) -> str:

@@ -372,7 +372,8 @@ class ClientConnection(asyncio.Protocol):
             self.processing = False
         if self.closed:
             return
-        self._keep(data, pos)
+        if data is self.buffer or pos < len(data):
+            self._keep(data, pos)
         if (
             self.buffer
             and self.reader is None
@@ -383,7 +384,7 @@ class ClientConnection(asyncio.Protocol):
     def _read_head(self, data: bytes | bytearray, pos: int) -> int:
         """Parse a request head at `pos` and start its exchange; -1 when it is incomplete (the
         rest of `data` is then kept)."""
-        start = skip_empty_lines(data, pos)
+        start = skip_empty_lines(data, pos) if data.startswith(b"\r\n", pos) else pos
         if start >= len(data):
             return start
         if not self.header_deadline:
@@ -426,7 +427,8 @@ class ClientConnection(asyncio.Protocol):
             ) = memo
         else:
             self._build_upstream_head(exchange, request)
-        self.reader = body_reader(request.framing, request.length)
+        framing = request.framing
+        self.reader = None if framing == NO_BODY else body_reader(framing, request.length)
         if self.reader is None:
             exchange.request_done = True
         self._start(exchange)
@@ -593,8 +595,12 @@ class ClientConnection(asyncio.Protocol):
             self.respond_locally(exchange, 503, QUEUE_FULL_BODY)
 
     def _start_timer(self) -> None:
-        self.timer.start(self.loop.time())
-        self._arm(self.timer.next_deadline())
+        timer = self.timer
+        timer.start(self.loop.time())
+        deadline = timer.next_deadline()
+        # Usually the connection's timer already fires earlier (it is re-armed lazily).
+        if deadline is not None and (self.timer_handle is None or deadline < self.timer_at):
+            self._arm(deadline)
 
     def start_upstream(self, exchange: Exchange) -> None:
         if self.closed:
@@ -621,7 +627,8 @@ class ClientConnection(asyncio.Protocol):
             payload = exchange.head
         self._keep_for_replay(exchange, payload)
         upstream.write(payload)
-        self._resume_reading(_BODY_BACKLOG)
+        if self.reading_paused:
+            self._resume_reading(_BODY_BACKLOG)
         if self.writing_paused:
             upstream.pause_reading()
 
@@ -871,7 +878,8 @@ class ClientConnection(asyncio.Protocol):
             return  # resume_writing goes on with what is buffered
         # Whatever paused reading for this exchange (its body waiting for a connection, the
         # app's full socket buffer) ended with it: the next request is read.
-        self._resume_reading(_ANSWERING | _BODY_BACKLOG | _UPSTREAM_FULL)
+        if self.reading_paused:
+            self._resume_reading(_ANSWERING | _BODY_BACKLOG | _UPSTREAM_FULL)
         if self.buffer and not self.processing:
             self._process(self.buffer)
 

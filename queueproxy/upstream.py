@@ -139,7 +139,9 @@ class UpstreamConnection(asyncio.Protocol):
                 if error.status in (414, 431):
                     reason = "head over 64 KiB"
                 conn.upstream_failed(exchange, "malformed HTTP response from the app: " + reason)
-        exchange.conn.flush()
+        conn = exchange.conn
+        if conn.held:
+            conn.flush()
 
     def _process(self, exchange: Exchange, data: bytes) -> None:
         pos = 0
