@@ -2,8 +2,10 @@
 
 Targets, all started at once on their own ports and measured in alternating rounds: the sample
 app direct; queueproxy; HAProxy (1 thread, `maxconn` = CC) when it is installed; Knative's Go
-queue-proxy when QP_GO_BINARY (or --go-binary) names a built `cmd/queue` binary. The two
-queue-proxies get the same Knative environment.
+queue-proxy when QP_GO_BINARY (or --go-binary) names a built `cmd/queue` binary; and, for a
+before/after comparison in one run, queueproxy from another checkout when --baseline DIR (or
+QP_BASELINE) names one (e.g. `git worktree add /tmp/qp-main main`). The queue-proxies get the
+same Knative environment.
 
 Scenarios (--scenarios, comma-separated; default all):
   get-c50     GET / at 50 connections
@@ -71,7 +73,7 @@ SCENARIOS = {
         Scenario("quota", "GET / at 50 connections, proxies under a CPU quota", "/", 50, 0, True),
     )
 }
-KINDS = ("direct", "queueproxy", "haproxy", "go")
+KINDS = ("direct", "queueproxy", "baseline", "haproxy", "go")
 
 
 @dataclass
@@ -161,6 +163,7 @@ def run(
         request_metrics="" if options.user_metrics == "none" else options.user_metrics,
         workdir=workdir,
         go_binary=options.go_binary,
+        baseline=Path(options.baseline).resolve() if options.baseline else None,
     )
     proxies = [kind for kind in kinds if kind != "direct"]
     with ExitStack() as app_stack:
@@ -220,7 +223,11 @@ def environment() -> dict[str, Any]:
 def choose_targets(options: argparse.Namespace) -> list[str]:
     kinds = []
     for kind in options.targets:
-        if kind == "haproxy" and shutil.which("haproxy") is None:
+        if kind == "baseline" and not options.baseline:
+            continue  # only on request
+        elif kind == "baseline" and not Path(options.baseline, "queueproxy").is_dir():
+            progress(f"baseline: {options.baseline} holds no queueproxy package, left out")
+        elif kind == "haproxy" and shutil.which("haproxy") is None:
             progress("HAProxy: not installed (apt-get install haproxy), left out")
         elif kind == "go" and not options.go_binary:
             progress("Knative queue-proxy (Go): set QP_GO_BINARY to a built cmd/queue to add it")
@@ -268,6 +275,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--strace", action="store_true", help="count syscalls in an extra round")
     parser.add_argument("--go-binary", default=os.environ.get("QP_GO_BINARY") or None)
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        default=os.environ.get("QP_BASELINE") or None,
+        help="also run queueproxy from this checkout (before/after in one run)",
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     options = parser.parse_args(argv)
@@ -306,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     meta = environment() | {"go_binary": options.go_binary if "go" in kinds else None}
+    if "baseline" in kinds:
+        meta["baseline"] = options.baseline
+        meta["baseline_commit"] = _first_line(
+            ["git", "-C", options.baseline, "rev-parse", "--short", "HEAD"]
+        )
     with tempfile.TemporaryDirectory(prefix="queueproxy-bench-") as workdir:
         try:
             results, starts = run(options, kinds, Path(workdir))

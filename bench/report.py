@@ -93,6 +93,8 @@ def print_report(
         f"CC={options.concurrency}, request metrics {options.user_metrics}; wrk -t1 "
         f"-d{options.duration:g}s; medians of {options.rounds} alternating rounds; req/s = 2xx/s"
     )
+    if meta.get("baseline"):
+        say(f"baseline: queueproxy from {meta['baseline']} (commit {meta.get('baseline_commit')})")
     for result in results:
         scenario = result.scenario
         say(f"\n## {scenario.name}: {scenario.title} (-c{scenario.connections})")

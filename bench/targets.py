@@ -27,6 +27,7 @@ GO_FIXED_PORTS = (8022, 9090, 9091)
 LABELS = {
     "direct": "direct to the app",
     "queueproxy": "queueproxy",
+    "baseline": "queueproxy (baseline)",
     "haproxy": "HAProxy",
     "go": "Knative queue-proxy (Go)",
 }
@@ -80,6 +81,7 @@ class Setup:
     request_metrics: str  # SERVING_REQUEST_METRICS_BACKEND: "prometheus" or ""
     workdir: Path  # configuration files and process logs
     go_binary: str | None
+    baseline: Path | None = None  # another checkout of queueproxy, for before/after in one run
 
 
 def knative_env(setup: Setup, serving_port: int) -> dict[str, str]:
@@ -136,11 +138,13 @@ backend app
 """
 
 
-def _spawn(kind: str, args: list[str], env: dict[str, str], workdir: Path) -> subprocess.Popen:
+def _spawn(
+    kind: str, args: list[str], env: dict[str, str], workdir: Path, cwd: Path = ROOT
+) -> subprocess.Popen:
     base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
     with open(workdir / f"{kind}.log", "ab") as log:
         return subprocess.Popen(
-            args, env={**base, **env}, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            args, env={**base, **env}, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
 
 
@@ -150,10 +154,15 @@ def launch_app(port: int, workdir: Path) -> subprocess.Popen:
 
 
 def launch(kind: str, port: int, setup: Setup) -> subprocess.Popen:
-    """Start proxy `kind` ("queueproxy", "haproxy" or "go") serving on 127.0.0.1:`port`."""
-    if kind == "queueproxy":
+    """Start proxy `kind` ("queueproxy", "baseline", "haproxy" or "go") serving on
+    127.0.0.1:`port`. "baseline" is queueproxy run from `setup.baseline` (its directory comes
+    first on sys.path, before this checkout's installed package; the dependencies are this
+    environment's)."""
+    if kind in ("queueproxy", "baseline"):
         env = knative_env(setup, port) | queueproxy_overrides()
-        return _spawn(kind, [sys.executable, "-m", "queueproxy"], env, setup.workdir)
+        cwd = ROOT if kind == "queueproxy" else setup.baseline
+        assert cwd is not None
+        return _spawn(kind, [sys.executable, "-m", "queueproxy"], env, setup.workdir, cwd)
     if kind == "go":
         assert setup.go_binary
         return _spawn(kind, [setup.go_binary], knative_env(setup, port), setup.workdir)

@@ -77,6 +77,17 @@ def test_dry_run_plan_as_json() -> None:
     assert isinstance(plan["estimated_seconds"], int)
 
 
+def test_baseline_checkout_joins_the_targets(tmp_path: Path) -> None:
+    root = BENCH.parent
+    done = bench("--dry-run", "--quick", "--baseline", str(root), "--json", "-")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["targets"][:3] == ["direct", "queueproxy", "baseline"]
+    done = bench("--dry-run", "--quick", "--baseline", str(tmp_path), "--json", "-")
+    assert done.returncode == 0, done.stderr
+    assert "baseline" not in json.loads(done.stdout)["targets"]
+    assert "holds no queueproxy package" in done.stderr
+
+
 def test_unknown_scenario_is_refused() -> None:
     done = bench("--dry-run", "--scenarios", "get-c50,nope")
     assert done.returncode == 2
