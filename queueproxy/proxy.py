@@ -395,7 +395,9 @@ class ClientConnection(asyncio.Protocol):
         if end < 0:
             self._keep(data, start)
             return -1
-        request = self.path.memo.request(bytes(data[start:end]))
+        head = bytes(data[start:end])
+        memo = self.path.memo
+        request = memo.requests.get(head) or memo.request(head)
         self.header_deadline = 0.0
         self._begin(request)
         return end
@@ -595,9 +597,7 @@ class ClientConnection(asyncio.Protocol):
             self.respond_locally(exchange, 503, QUEUE_FULL_BODY)
 
     def _start_timer(self) -> None:
-        timer = self.timer
-        timer.start(self.loop.time())
-        deadline = timer.next_deadline()
+        deadline = self.timer.start(self.loop.time())
         # Usually the connection's timer already fires earlier (it is re-armed lazily).
         if deadline is not None and (self.timer_handle is None or deadline < self.timer_at):
             self._arm(deadline)
@@ -859,7 +859,8 @@ class ClientConnection(asyncio.Protocol):
         exchange.state = DONE
         self.timer.stop()
         path = self.path
-        path.release_slot(exchange)
+        if exchange.has_slot:
+            path.release_slot(exchange)
         upstream = exchange.upstream
         if upstream is not None:
             exchange.upstream = None

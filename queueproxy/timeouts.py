@@ -63,10 +63,12 @@ class RequestTimer:
         self.last_write: float | None = None  # None until the first response byte
         self.active = False
 
-    def start(self, now: float) -> None:
+    def start(self, now: float) -> float | None:
+        """Start timing a request at `now`; returns `next_deadline()`."""
         self.started_at = now
         self.last_write = None
         self.active = True
+        return self.next_deadline()
 
     def wrote(self, now: float) -> None:
         self.last_write = now

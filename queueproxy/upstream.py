@@ -152,9 +152,9 @@ class UpstreamConnection(asyncio.Protocol):
                 if end < 0:
                     self._keep(data, pos)
                     return
-                head = self.pool.memo.response(
-                    bytes(data[pos:end]), exchange.method, bool(exchange.upgrade)
-                )
+                memo = self.pool.memo
+                key = (bytes(data[pos:end]), exchange.method, bool(exchange.upgrade))
+                head = memo.responses.get(key) or memo.response(*key)
                 pos = end
                 if head.status < 200 and head.status != 101:
                     exchange.conn.informational(exchange, head)
