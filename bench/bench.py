@@ -207,13 +207,27 @@ def _first_line(command: list[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
+def _git_commit(directory: Path) -> str | None:
+    """The short commit checked out in `directory`, None when it is not a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(directory), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
 def environment() -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "commit": _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "commit": _git_commit(ROOT),
         "wrk": _first_line(["wrk", "-v"]),
         "haproxy": _first_line(["haproxy", "-v"]),
         "loadavg_before": list(os.getloadavg()),
@@ -321,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = environment() | {"go_binary": options.go_binary if "go" in kinds else None}
     if "baseline" in kinds:
         meta["baseline"] = options.baseline
-        meta["baseline_commit"] = _first_line(
-            ["git", "-C", options.baseline, "rev-parse", "--short", "HEAD"]
-        )
+        meta["baseline_commit"] = _git_commit(Path(options.baseline))
     with tempfile.TemporaryDirectory(prefix="queueproxy-bench-") as workdir:
         try:
             results, starts = run(options, kinds, Path(workdir))
