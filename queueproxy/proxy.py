@@ -390,7 +390,9 @@ class ClientConnection(asyncio.Protocol):
         if not self.header_deadline:
             # Later heads on a kept-alive connection: the minute counts from their first byte.
             self.header_deadline = self.loop.time() + self.path.read_header_timeout
-            self._arm(self.header_deadline)
+            deadline = self.header_deadline
+            if self.timer_handle is None or deadline < self.timer_at:
+                self._arm(deadline)
         end = self.heads.find(data, start)
         if end < 0:
             self._keep(data, start)

@@ -68,6 +68,9 @@ class RequestTimer:
         self.started_at = now
         self.last_write = None
         self.active = True
+        rules = self.rules
+        if rules.response_start <= 0 and rules.idle <= 0:  # next_deadline's usual case, inlined
+            return now + rules.total if rules.total > 0 else None
         return self.next_deadline()
 
     def wrote(self, now: float) -> None:

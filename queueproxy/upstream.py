@@ -289,7 +289,8 @@ class UpstreamPool:
             transport = upstream.transport
             if not upstream.closed and transport is not None and not transport.is_closing():
                 upstream.reused = True
-                upstream.resume_reading()
+                if upstream.paused:
+                    upstream.resume_reading()
                 exchange.conn.upstream_ready(exchange, upstream)
                 return
         self.dial(exchange)
@@ -325,7 +326,8 @@ class UpstreamPool:
         # An idle connection must be read: that is how the app's close (or bytes nobody asked
         # for) is noticed before a request is written into it. It may come back paused, by a
         # client that was not reading its response.
-        upstream.resume_reading()
+        if upstream.paused:
+            upstream.resume_reading()
         self.idle.append(upstream)
 
     def forget(self, upstream: UpstreamConnection) -> None:
