@@ -27,9 +27,10 @@ an upstream connection is only dialled (one task) when the pool has none idle.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from time import monotonic
-from typing import Protocol
+from typing import Any, Protocol
 
 from queueproxy.breaker import Admission, Breaker
 from queueproxy.h1 import (
@@ -62,6 +63,7 @@ from queueproxy.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("queueproxy")
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 QUEUE_FULL_BODY = b"pending request queue full\n"
 # Bodies up to this size are kept until the first response byte, so an idempotent request that
 # met a keep-alive connection the app had just closed can be sent again on a fresh one.
@@ -132,6 +134,9 @@ class DataPath:
         self.observer: Observer | None = None
         self.responder: LocalResponder | None = None
         self.connections: set[ClientConnection] = set()
+        # The h2c pool to the app (`h2upstream.H2UpstreamPool`), made by the first HTTP/2
+        # connection: HTTP/1-only pods never load h2.
+        self.h2_pool: Any = None
 
     def protocol_factory(self) -> ClientConnection:
         return ClientConnection(self)
@@ -258,6 +263,8 @@ class ClientConnection(asyncio.Protocol):
         self.timer_handle: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.header_deadline = 0.0
+        # Nothing read yet: the bytes may be HTTP/2's connection preface (prior knowledge).
+        self.fresh = True
 
     # -- Protocol interface --------------------------------------------------------------------
 
@@ -269,6 +276,10 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip = host.encode()
             port = peer[1]
             self.remote_addr = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._switch_to_h2(b"")
+            return
         self.path.connections.add(self)
         # Like Go's ReadHeaderTimeout: the first request head must come within a minute.
         self.header_deadline = self.loop.time() + self.path.read_header_timeout
@@ -300,12 +311,47 @@ class ClientConnection(asyncio.Protocol):
             if self.lingering < 0 and self.transport is not None:
                 self.transport.close()  # it keeps sending: stop lingering
             return
+        if self.fresh and self._sniff(data):
+            return
         buffer = self.buffer
         if buffer:
             buffer += data
             self._process(buffer)
         else:
             self._process(data)
+
+    def _sniff(self, data: bytes) -> bool:
+        """Look for HTTP/2's preface at the start of the connection (RFC 9113 §3.4), which may
+        arrive split across reads. True when `data` was taken (held, or handed to HTTP/2)."""
+        seen = bytes(self.buffer) + data if self.buffer else data
+        size = min(len(seen), len(H2_PREFACE))
+        if seen[:size] != H2_PREFACE[:size]:
+            self.fresh = False
+            return False
+        if size < len(H2_PREFACE):
+            self.buffer += data
+            return True
+        self.fresh = False
+        self.buffer = bytearray()
+        self._switch_to_h2(seen)
+        return True
+
+    def _switch_to_h2(self, data: bytes) -> None:
+        """Hand the connection to the HTTP/2 server, loaded now (docs/http2.md)."""
+        from queueproxy.h2server import H2ServerConnection
+
+        self._detach()
+        H2ServerConnection(self.path, self.client_ip, self.remote_addr).take_over(
+            self.transport, data
+        )
+
+    def _detach(self) -> None:
+        self.closed = True
+        self.fresh = False
+        self.path.connections.discard(self)
+        if self.timer_handle is not None:
+            self.timer_handle.cancel()
+            self.timer_handle = None
 
     def eof_received(self) -> bool | None:
         # Like Go's server, a client that shuts its side is gone: its requests are cancelled.
@@ -396,8 +442,42 @@ class ClientConnection(asyncio.Protocol):
             return -1
         request = self.path.memo.request(bytes(data[start:end]))
         self.header_deadline = 0.0
+        self.fresh = False
+        if request.upgrade and self._upgrade_h2c(request, data, end):
+            return -1
         self._begin(request)
         return end
+
+    def _upgrade_h2c(self, request: RequestHead, data: bytes | bytearray, end: int) -> bool:
+        """Grant `Upgrade: h2c` (RFC 7540 §3.2; Go's `h2c.NewHandler` as Knative serves it):
+        101, then HTTP/2 with the request as stream 1. Declined (the request is served over
+        HTTP/1.1, RFC 9110 §7.8) for a request with a body, as HAProxy does, for one without
+        exactly one HTTP2-Settings named in Connection, and over TLS (h2c is cleartext only)."""
+        if (
+            request.version != b"1.1"
+            or request.framing != NO_BODY
+            or b"http2-settings" not in request.connection
+            or b"h2c" not in [p.strip(b" \t").lower() for p in request.upgrade.split(b",")]
+            or self.transport is None
+            or self.transport.get_extra_info("ssl_object") is not None
+        ):
+            return False
+        settings = [v for n, v in request.headers if n.lower() == b"http2-settings"]
+        if len(settings) != 1 or not _valid_settings(settings[0]):
+            return False
+        from queueproxy.h2server import H2ServerConnection
+
+        transport = self.transport
+        rest = bytes(data[end:])
+        self._detach()
+        self.buffer = bytearray()
+        transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        )
+        H2ServerConnection(self.path, self.client_ip, self.remote_addr).take_over_upgrade(
+            transport, settings[0], request.method, request.target, list(request.headers), rest
+        )
+        return True
 
     def _keep(self, data: bytes | bytearray, pos: int) -> None:
         buffer = self.buffer
@@ -510,8 +590,8 @@ class ClientConnection(asyncio.Protocol):
         if te_trailers:
             append(b"Te: trailers\r\n")
         if request.upgrade:
-            # h2c is declined (the upgrade is not offered to the app): HTTP/2 is not served yet,
-            # and the request is answered over HTTP/1.1, as RFC 9110 §7.8 allows.
+            # An h2c upgrade not granted by `_upgrade_h2c` is declined, never offered to the app:
+            # the request is answered over HTTP/1.1, as RFC 9110 §7.8 allows.
             offered = b", ".join(
                 p.strip(b" \t")
                 for p in request.upgrade.split(b",")
@@ -990,6 +1070,18 @@ class ClientConnection(asyncio.Protocol):
                 self._close()
             return
         exchange.keep_alive = False
+
+
+def _valid_settings(value: bytes) -> bool:
+    """An HTTP2-Settings value: base64url of whole 6-byte settings (RFC 7540 §3.2.1)."""
+    try:
+        raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+    except ValueError:
+        return False
+    return len(raw) % 6 == 0 and value.translate(None, _BASE64URL) == b""
+
+
+_BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_="
 
 
 def forwarded_value(xff: list[bytes], xfp: bytes, xfh: bytes) -> bytes:

@@ -295,6 +295,8 @@ class Sidecar:
             if conn.transport is not None:
                 conn.transport.abort()
         self.data_path.pool.close()
+        if self.data_path.h2_pool is not None:
+            self.data_path.h2_pool.close()
         if self.ticker is not None:
             self.ticker.cancel()
         if self.cert_watcher is not None:

@@ -1,0 +1,878 @@
+"""HTTP/2 on the main port: h2c (prior knowledge or `Upgrade: h2c`) and h2 over TLS (ALPN).
+
+Imported by `proxy` only when the first HTTP/2 connection appears, so the HTTP/1 path neither
+loads `h2` nor pays for it. `h2` (python-hyper) is the sans-IO HTTP/2 state machine: framing,
+HPACK, stream states and flow-control windows are its job; this module maps its events onto the
+data path (docs/http2.md).
+
+Each stream is one request for everything else, as in Knative (its `http2.Server` runs one
+handler per stream): a `Stream` goes through the health responder, the observer, the breaker
+(one slot per stream, queued streams in the same FIFO, overflow answered `503` on that stream
+alone) and the revision timeouts exactly as an HTTP/1 `proxy.Exchange` does, with the same
+attribute names, so `DataPath`, `HealthResponder` and `RequestObserver` take either. It goes to
+the app as h2c with prior knowledge (`h2upstream`).
+
+Flow control is the back-pressure, in both directions: DATA is acknowledged to its sender only
+once it has been handed to the other side and that side's socket is not full, and never while the
+stream waits for a breaker slot; we send within the receiver's windows. So a stream holds at most
+one window (h2limits.INITIAL_WINDOW) of body in the sidecar whatever its length, and a client
+connection at most h2limits.CONNECTION_WINDOW.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import InvalidBodyLengthError, ProtocolError, StreamClosedError
+from h2.settings import SettingCodes
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+
+from queueproxy.breaker import Admission
+from queueproxy.h1 import valid_host
+from queueproxy.h2limits import (
+    CONNECTION_WINDOW,
+    INITIAL_WINDOW,
+    MAX_CLOSED_STREAMS,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    FloodGuard,
+)
+from queueproxy.h2upstream import H2Upstream, H2UpstreamPool
+from queueproxy.http11 import DATE, HOP_BY_HOP
+from queueproxy.proxy import (
+    _IDEMPOTENCY_KEYS,
+    _STRIPPED_REQUEST,
+    ACTIVE,
+    CONNECTING,
+    DONE,
+    QUEUE_FULL_BODY,
+    QUEUED,
+    WAITING,
+    DataPath,
+    forwarded_value,
+)
+from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer
+
+log = logging.getLogger("queueproxy")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+Headers = list[tuple[bytes, bytes]]
+
+_STATUS = {code: str(code).encode() for code in range(100, 600)}
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+# Request fields the app must not get over HTTP/2 (RFC 9113 §8.2.2) besides Knative's own.
+_NOT_FORWARDED = HOP_BY_HOP | _STRIPPED_REQUEST - {b"content-length"}
+
+
+class _Server(H2Connection):
+    """h2's connection with malformed requests as stream errors.
+
+    h2 raises a connection error for a request with bad header fields or a body that disagrees
+    with its content-length; RFC 9113 §8.1.1 makes those stream errors (PROTOCOL_ERROR), which
+    lets the connection's other requests carry on. HPACK failures stay connection errors: the
+    header table can no longer be trusted.
+    """
+
+    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+    def _receive_frame(self, frame: Frame) -> list[Any]:
+        sid = frame.stream_id
+        if type(frame) is HeadersFrame:
+            known = sid in self.streams
+            try:
+                return super()._receive_frame(frame)
+            except ProtocolError as error:
+                if known or sid not in self.streams or type(error) not in _STREAM_ERRORS:
+                    raise
+                return self._stream_error(sid)
+        if type(frame) is DataFrame:
+            try:
+                return super()._receive_frame(frame)
+            except InvalidBodyLengthError:
+                self.acknowledge_received_data(frame.flow_controlled_length, sid)
+                return self._stream_error(sid)
+        return super()._receive_frame(frame)
+
+    def _stream_error(self, sid: int) -> list[Any]:
+        try:
+            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+        except (ProtocolError, StreamClosedError):
+            pass
+        event = StreamReset()
+        event.stream_id = sid
+        event.error_code = ErrorCodes.PROTOCOL_ERROR
+        event.remote_reset = False
+        return [event]
+
+
+_STREAM_ERRORS = (ProtocolError, InvalidBodyLengthError)
+
+
+def _config() -> H2Configuration:
+    # Inbound validation is RFC 9113 §8's list of malformed requests, which we must enforce; our
+    # outbound headers are built from validated fields, so h2's outbound checks would only repeat.
+    return H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=True,
+        normalize_inbound_headers=True,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+
+
+class Stream:
+    """One request on an HTTP/2 connection: `proxy.Exchange`'s interface, HTTP/2's state."""
+
+    __slots__ = (
+        "conn",
+        "sid",
+        "method",
+        "target",
+        "version",
+        "headers",
+        "user_agent",
+        "network_probe",
+        "proxied",
+        "keep_alive",
+        "body_chunked",
+        "request_length",
+        "state",
+        "has_slot",
+        "started_at",
+        "dispatched_at",
+        "status",
+        "response_started",
+        "response_bytes",
+        "counted",
+        "up_headers",
+        "upstream",
+        "upstream_id",
+        "request_done",
+        "request_sent",
+        "request_trailers",
+        "to_app",
+        "unacked",
+        "to_client",
+        "response_done",
+        "response_trailers",
+        "timer",
+        "timer_handle",
+    )
+
+    def __init__(self, conn: H2ServerConnection, sid: int, method: bytes, target: bytes) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.method = method
+        self.target = target
+        self.version = b"2.0"
+        self.headers: Headers = []
+        self.user_agent = b""
+        self.network_probe: bytes | None = None
+        self.proxied = False
+        self.keep_alive = True
+        self.body_chunked = False
+        self.request_length = -1
+        self.state = WAITING
+        self.has_slot = False
+        self.started_at = 0.0
+        self.dispatched_at = 0.0
+        self.status = 0
+        self.response_started = False
+        self.response_bytes = 0
+        self.counted = False
+        self.up_headers: Headers = []
+        self.upstream: H2Upstream | None = None
+        self.upstream_id = 0
+        self.request_done = False
+        self.request_sent = False  # END_STREAM went to the app
+        self.request_trailers: Headers | None = None
+        self.to_app = bytearray()  # request body received, not yet sent to the app
+        self.unacked = 0  # request body sent to the app, not yet acknowledged to the client
+        self.to_client = bytearray()  # response body from the app, not yet sent to the client
+        self.response_done = False
+        self.response_trailers: Headers | None = None
+        self.timer: RequestTimer | None = None
+        self.timer_handle: asyncio.TimerHandle | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a request header, by lower-case name."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+def shared_pool(path: DataPath) -> H2UpstreamPool:
+    """The h2c pool to the app, made with the first HTTP/2 connection."""
+    pool = path.h2_pool
+    if pool is None:
+        pool = path.h2_pool = H2UpstreamPool(path.loop, path.pool.host, path.pool.port)
+    return pool
+
+
+class H2ServerConnection(asyncio.Protocol):
+    """One client connection speaking HTTP/2; takes over the transport from the HTTP/1 side."""
+
+    def __init__(self, path: DataPath, client_ip: bytes, remote_addr: bytes) -> None:
+        self.path = path
+        self.loop = path.loop
+        self.pool = shared_pool(path)
+        self.client_ip = client_ip
+        self.remote_addr = remote_addr
+        self.h2 = _Server(config=_config())
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, Stream] = {}
+        self.flood = FloodGuard(self.loop.time())
+        self.closed = False
+        self.writing_paused = False
+        self.flush_pending = False
+        self.goaway_last = -1  # last stream id accepted once a graceful GOAWAY went out
+        self.tunnel_upstream = None  # the server's drain loop asks every connection
+
+    @property
+    def exchange(self) -> Stream | None:
+        """Some open stream, or None: what the server's drain waits on."""
+        for stream in self.streams.values():
+            return stream
+        return None
+
+    # -- Taking over the connection ------------------------------------------------------------
+
+    def _settings(self) -> None:
+        h2 = self.h2
+        h2.local_settings.update(
+            {
+                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                SettingCodes.INITIAL_WINDOW_SIZE: INITIAL_WINDOW,
+                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+                SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                SettingCodes.ENABLE_PUSH: 0,
+            }
+        )
+
+    def take_over(self, transport: Any, data: bytes) -> None:
+        """Prior knowledge (or ALPN h2): `data` is what was read so far, preface included."""
+        self.transport = transport
+        self.path.connections.add(self)
+        self._settings()
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        transport.set_protocol(self)
+        if data:
+            self.data_received(data)
+        else:
+            self.flush()
+
+    def take_over_upgrade(
+        self,
+        transport: Any,
+        settings: bytes,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        rest: bytes,
+    ) -> None:
+        """`Upgrade: h2c` granted (the 101 is out): the request becomes stream 1 (RFC 7540
+        §3.2), half-closed on the client's side since it had no body."""
+        self.transport = transport
+        self.path.connections.add(self)
+        self._settings()
+        self.h2.initiate_upgrade_connection(settings)
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        transport.set_protocol(self)
+        fields: Headers = [(b":method", method), (b":scheme", b"http"), (b":path", target)]
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"host":
+                fields.append((b":authority", value))
+            elif lname not in HOP_BY_HOP and lname != b"http2-settings":
+                fields.append((lname, value))
+        self._request(1, fields, end_stream=True)
+        if rest:
+            self.data_received(rest)
+        else:
+            self.flush()
+
+    # -- Protocol interface --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pass  # the transport was handed over by take_over
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.path.connections.discard(self)
+        for stream in list(self.streams.values()):
+            self._abandon(stream)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        # The client does not read: stop reading from it too, so nothing it sends (PINGs,
+        # SETTINGS, requests) can queue answers here without bound; response DATA waits in
+        # each stream, bounded by its window towards the app.
+        self.writing_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        for stream in list(self.streams.values()):
+            if stream.to_client or stream.response_done:
+                self._pump_response(stream)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError:
+            self._close_connection()
+            return
+        for event in events:
+            kind = type(event)
+            if kind is DataReceived:
+                self._data(event)
+            elif kind is RequestReceived:
+                self._request(
+                    event.stream_id,  # type: ignore[attr-defined]
+                    event.headers,  # type: ignore[attr-defined]
+                    event.stream_ended is not None,  # type: ignore[attr-defined]
+                )
+            elif kind is StreamEnded:
+                stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
+                if stream is not None:
+                    stream.request_done = True
+                    self._pump_request(stream)
+            elif kind is WindowUpdated:
+                self._window_updated(event.stream_id)  # type: ignore[attr-defined]
+            elif kind is StreamReset:
+                self._reset_received(event)
+            elif kind is TrailersReceived:
+                stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
+                if stream is not None:
+                    stream.request_trailers = _forwardable(event.headers)  # type: ignore[attr-defined]
+            elif kind is PingReceived:
+                if not self.flood.ping(self.loop.time()):
+                    return self._calm()
+            elif kind is RemoteSettingsChanged:
+                if not self.flood.settings_frame(self.loop.time()):
+                    return self._calm()
+                self._window_updated(0)
+            elif kind is ConnectionTerminated:
+                self._close_connection()
+                return
+            if self.closed:
+                return
+        self.flush()
+
+    # -- Requests ------------------------------------------------------------------------------
+
+    def _request(self, sid: int, fields: Headers, end_stream: bool) -> None:
+        if self.goaway_last >= 0 and sid > self.goaway_last:
+            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        method = target = authority = b""
+        for name, value in fields:
+            if name[:1] != b":":
+                break
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                target = value
+            elif name == b":authority":
+                authority = value
+        stream = Stream(self, sid, method, target)
+        stream.request_done = end_stream
+        self.streams[sid] = stream
+        stream.started_at = monotonic()
+        if method == b"CONNECT":
+            self.respond_locally(stream, 405, b"CONNECT is not served\n")
+            return
+        try:
+            self._classify(stream, fields, authority)
+        except ValueError as error:
+            self.respond_locally(stream, 400, str(error).encode() + b"\n")
+            return
+        path = self.path
+        responder = path.responder
+        if responder is not None and responder.answer(self, stream):  # type: ignore[arg-type]
+            if stream.state == CONNECTING or stream.state == ACTIVE:
+                self._start_timer(stream)
+            return
+        self._start_timer(stream)
+        if path.observer is not None:
+            stream.counted = True
+            path.observer.request_started(stream)  # type: ignore[arg-type]
+        breaker = path.breaker
+        if breaker is None:
+            self.start_upstream(stream)
+            return
+        admission = breaker.try_acquire(stream)
+        if admission is Admission.ADMITTED:
+            stream.has_slot = True
+            self.start_upstream(stream)
+        elif admission is Admission.QUEUED:
+            stream.state = QUEUED
+        else:
+            self.respond_locally(stream, 503, QUEUE_FULL_BODY)
+
+    def _classify(self, stream: Stream, fields: Headers, authority: bytes) -> None:
+        """Knative's request rules (`pkg/http/header.go`, the Forwarded shim, Go's
+        `httputil.ReverseProxy`) on HTTP/2 fields; builds what goes to the app."""
+        original_host = b""
+        xff: list[bytes] = []
+        xfp = xfh = b""
+        forwarded = False
+        seen_proxy_request = False
+        te_trailers = False
+        host = b""
+        regular: Headers = []
+        out: Headers = []
+        for name, value in fields:
+            if name[:1] == b":":
+                continue
+            regular.append((name, value))
+            if name in _NOT_FORWARDED:
+                if name == b"k-original-host" and not original_host:
+                    original_host = value
+                elif name == b"host" and not host:
+                    host = value
+                elif name == b"te":
+                    te_trailers = b"trailers" in value.lower()
+                continue
+            if name == b"user-agent":
+                if not stream.user_agent:
+                    stream.user_agent = value
+            elif name == b"k-network-probe":
+                if stream.network_probe is None:
+                    stream.network_probe = value
+            elif name == b"k-proxy-request":
+                if not seen_proxy_request:
+                    seen_proxy_request = True
+                    stream.proxied = value == b"activator"
+            elif name == b"x-forwarded-for":
+                xff.append(value)
+                continue
+            elif name == b"x-forwarded-proto":
+                xfp = value
+            elif name == b"x-forwarded-host":
+                xfh = value
+            elif name == b"forwarded":
+                forwarded = True
+            elif name == b"content-length":
+                if value.isdigit():
+                    stream.request_length = int(value)
+            elif name in _IDEMPOTENCY_KEYS:
+                pass
+            out.append((name, value))
+        stream.headers = regular
+        if original_host and not valid_host(original_host):
+            raise ValueError("Bad Request: invalid K-Original-Host header")
+        authority = original_host or authority or host or self.path.upstream_host_header
+        if not forwarded and (xff or xfp or xfh):
+            out.append((b"forwarded", forwarded_value(xff, xfp, xfh)))
+        xff.append(self.client_ip)
+        out.append((b"x-forwarded-for", b", ".join(xff)))
+        if te_trailers:
+            out.append((b"te", b"trailers"))
+        stream.up_headers = [
+            (b":method", stream.method),
+            (b":scheme", b"http"),
+            (b":authority", authority),
+            (b":path", stream.target),
+            *out,
+        ]
+
+    def start_upstream(self, stream: Stream) -> None:
+        """Called with a breaker slot (or for requests that skip the breaker)."""
+        if self.closed or stream.state == DONE:
+            self.path.release_slot(stream)  # type: ignore[arg-type]
+            return
+        stream.state = CONNECTING
+        self.pool.acquire(stream)
+
+    def upstream_ready(self, stream: Stream, upstream: H2Upstream) -> None:
+        if stream.state != CONNECTING:
+            return
+        stream.state = ACTIVE
+        stream.dispatched_at = monotonic()
+        end = stream.request_done and not stream.to_app and stream.request_trailers is None
+        try:
+            upstream.open(stream, stream.up_headers, end)
+        except ProtocolError as error:
+            self.upstream_failed(stream, f"http2: {error}")
+            return
+        stream.request_sent = end
+        self._pump_request(stream)
+
+    def _data(self, event: Any) -> None:
+        sid = event.stream_id
+        stream = self.streams.get(sid)
+        size = event.flow_controlled_length
+        data = event.data
+        if stream is None or stream.state == DONE:
+            # Nobody will send it on: give the window back at once.
+            self._ack(sid, size)
+            return
+        if size > len(data):
+            self._ack(sid, size - len(data))  # padding
+        if data:
+            stream.to_app += data
+        self._pump_request(stream)
+
+    def _pump_request(self, stream: Stream) -> None:
+        """Send held request body within the app's window; acknowledge what went."""
+        upstream = stream.upstream
+        if stream.state != ACTIVE or upstream is None:
+            return  # queued or dialling: the body waits, unacknowledged
+        sid = stream.upstream_id
+        pending = stream.to_app
+        sent = 0
+        try:
+            while pending:
+                room = upstream.window(sid)
+                if room <= 0:
+                    break
+                chunk = bytes(pending[:room])
+                del pending[:room]
+                upstream.send(sid, chunk)
+                sent += len(chunk)
+            if not pending and stream.request_done and not stream.request_sent:
+                stream.request_sent = True
+                if stream.request_trailers:
+                    upstream.send_trailers(sid, stream.request_trailers)
+                else:
+                    upstream.end(sid)
+        except ProtocolError:
+            return  # the app's side of the stream is closed (it answered early): drop the rest
+        stream.unacked += sent
+        if stream.unacked and not upstream.paused:
+            self._ack(stream.sid, stream.unacked)
+            stream.unacked = 0
+
+    def upstream_writable(self, stream: Stream) -> None:
+        self._pump_request(stream)
+        self.flush_soon()
+
+    def _ack(self, sid: int, size: int) -> None:
+        if size and not self.closed:
+            self.h2.acknowledge_received_data(size, sid)
+            self.flush_soon()
+
+    # -- Responses -----------------------------------------------------------------------------
+
+    def response_head(self, stream: Stream, fields: Headers, end_stream: bool = False) -> None:
+        if stream.state == DONE:
+            return
+        status = 0
+        headers: Headers = []
+        has_date = False
+        for name, value in fields:
+            if name == b":status":
+                status = int(value)
+            elif name not in HOP_BY_HOP:
+                if name == b"date":
+                    has_date = True
+                headers.append((name, value))
+        if not has_date:
+            headers.append((b"date", DATE.line[6:-2]))
+        stream.status = status
+        stream.response_started = True
+        self._wrote(stream)
+        headers.insert(0, (b":status", _STATUS.get(status) or str(status).encode()))
+        self.h2.send_headers(stream.sid, headers, end_stream=end_stream)
+        if end_stream:
+            self._finish(stream)
+        self.flush_soon()
+
+    def informational(self, stream: Stream, fields: Headers) -> None:
+        if stream.state != DONE:
+            self.h2.send_headers(stream.sid, [(n, v) for n, v in fields if n not in HOP_BY_HOP])
+            self.flush_soon()
+
+    def response_data(self, stream: Stream, data: bytes, size: int) -> None:
+        upstream = stream.upstream
+        if stream.state == DONE:
+            if upstream is not None:
+                upstream.ack(stream.upstream_id, size)
+            return
+        if upstream is not None and size > len(data):
+            upstream.ack(stream.upstream_id, size - len(data))
+        stream.to_client += data
+        self._pump_response(stream)
+
+    def response_end(self, stream: Stream) -> None:
+        """The app ended its response (trailers, if any, are in `response_trailers`)."""
+        if stream.state == DONE:
+            return
+        if not stream.response_started:
+            self.response_head(stream, [(b":status", b"200")])
+        stream.response_done = True
+        self._pump_response(stream)
+
+    def _pump_response(self, stream: Stream) -> None:
+        if self.writing_paused or stream.state == DONE:
+            return
+        h2 = self.h2
+        sid = stream.sid
+        pending = stream.to_client
+        sent = 0
+        while pending:
+            room = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
+            if room <= 0:
+                break
+            chunk = bytes(pending[:room])
+            del pending[:room]
+            h2.send_data(sid, chunk)
+            sent += len(chunk)
+        if sent:
+            stream.response_bytes += sent
+            self._wrote(stream)
+            upstream = stream.upstream
+            if upstream is not None:
+                upstream.ack(stream.upstream_id, sent)
+        if not pending and stream.response_done:
+            trailers = stream.response_trailers
+            if trailers:
+                h2.send_headers(sid, _forwardable(trailers), end_stream=True)
+            else:
+                h2.end_stream(sid)
+            self._finish(stream)
+        self.flush_soon()
+
+    def _window_updated(self, sid: int) -> None:
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is not None and (stream.to_client or stream.response_done):
+                self._pump_response(stream)
+            return
+        for stream in list(self.streams.values()):
+            if stream.to_client or stream.response_done:
+                self._pump_response(stream)
+
+    def respond_locally(
+        self,
+        stream: Stream,
+        status: int,
+        body: bytes,
+        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """Answer without (or instead of) the app, as Go's http.Error would."""
+        if stream.state == DONE or self.closed:
+            return
+        upstream = stream.upstream
+        if upstream is not None:
+            upstream.cancel(stream)
+        stream.status = status
+        stream.response_started = True
+        headers: Headers = [(b":status", _STATUS[status]), (b"date", DATE.line[6:-2])]
+        if body:
+            headers += [_TEXT, _NOSNIFF]
+        headers += [(name.lower(), value) for name, value in extra_headers]
+        headers.append((b"content-length", b"%d" % len(body)))
+        head_only = stream.method == b"HEAD" or not body
+        self.h2.send_headers(stream.sid, headers, end_stream=head_only)
+        if head_only:
+            stream.response_bytes = len(body)
+            self._finish(stream)
+        else:
+            stream.to_client[:] = body
+            stream.response_done = True
+            stream.response_trailers = None
+            self._pump_response(stream)
+        self.flush_soon()
+
+    # -- Errors and resets ---------------------------------------------------------------------
+
+    def upstream_failed(self, stream: Stream, error: str) -> None:
+        """The app could not be reached or dropped the connection: 502 with Go's error text
+        (`knative.dev/pkg/network/error_handler.go`), or a reset once the response began."""
+        stream.upstream = None
+        if stream.state == DONE:
+            return
+        if stream.response_started:
+            self._reset_stream(stream, ErrorCodes.INTERNAL_ERROR)
+        else:
+            self.respond_locally(stream, 502, error.encode() + b"\n")
+
+    def upstream_reset(self, stream: Stream, code: int) -> None:
+        """The app reset its stream: so is the client's (gRPC reads the code)."""
+        stream.upstream = None
+        if stream.state != DONE:
+            self._reset_stream(stream, code)
+
+    def _reset_received(self, event: Any) -> None:
+        if event.remote_reset:
+            if not self.flood.reset(self.loop.time()):
+                self._calm()
+                return
+        elif not self.flood.reset(self.loop.time()):  # our own reset of a malformed request
+            self._calm()
+            return
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            self._abandon(stream)
+
+    def _reset_stream(self, stream: Stream, code: int) -> None:
+        self._reset(stream.sid, code)
+        self._abandon(stream)
+
+    def _reset(self, sid: int, code: int) -> None:
+        try:
+            self.h2.reset_stream(sid, code)
+        except (ProtocolError, StreamClosedError):
+            pass
+        self.flush_soon()
+
+    def _abandon(self, stream: Stream) -> None:
+        """The stream is gone on the client's side: cancel the app's, free the slot."""
+        upstream = stream.upstream
+        if upstream is not None:
+            upstream.cancel(stream)
+        self._finish(stream)
+
+    def _finish(self, stream: Stream) -> None:
+        state = stream.state
+        if state == DONE:
+            return
+        path = self.path
+        if state == QUEUED and path.breaker is not None:
+            path.breaker.cancel(stream)
+        elif state == CONNECTING:
+            self.pool.remove_waiter(stream)
+        stream.state = DONE
+        if stream.timer_handle is not None:
+            stream.timer_handle.cancel()
+            stream.timer_handle = None
+        path.release_slot(stream)  # type: ignore[arg-type]
+        # Body that will never be sent on still holds the connection window: give it back.
+        held = stream.unacked + len(stream.to_app)
+        stream.to_app = bytearray()
+        stream.unacked = 0
+        if held and not self.closed:
+            self.h2.acknowledge_received_data(held, stream.sid)
+        if stream.to_client:
+            upstream = stream.upstream
+            if upstream is not None:
+                upstream.ack(stream.upstream_id, len(stream.to_client))
+            stream.to_client = bytearray()
+        if path.observer is not None:
+            if stream.counted:
+                path.observer.request_finished(stream)  # type: ignore[arg-type]
+            elif stream.dispatched_at:
+                path.observer.probe_answered(stream)  # type: ignore[arg-type]
+        self.streams.pop(stream.sid, None)
+        if self.goaway_last >= 0 and not self.streams:
+            self._close_connection()
+
+    # -- Timeouts (pkg/http/handler/timeout.go), one timer per stream ---------------------------
+
+    def _start_timer(self, stream: Stream) -> None:
+        timer = stream.timer = RequestTimer(self.path.timeout_rules)
+        timer.start(self.loop.time())
+        self._arm(stream)
+
+    def _wrote(self, stream: Stream) -> None:
+        if stream.timer is not None and self.path.track_writes:
+            stream.timer.wrote(self.loop.time())
+
+    def _arm(self, stream: Stream) -> None:
+        assert stream.timer is not None
+        deadline = stream.timer.next_deadline()
+        if deadline is not None:
+            stream.timer_handle = self.loop.call_at(deadline, self._on_timer, stream)
+
+    def _on_timer(self, stream: Stream) -> None:
+        stream.timer_handle = None
+        if stream.state == DONE or stream.timer is None:
+            return
+        expired = stream.timer.check(self.loop.time())
+        if expired is None:
+            self._arm(stream)  # a write moved the idle deadline
+            return
+        if not stream.response_started:
+            self.respond_locally(stream, TIMEOUT_STATUS, TIMEOUT_BODY)
+        else:
+            # The status is gone: the text goes after what was sent, then the stream is cut,
+            # as on HTTP/1 (a reset is HTTP/2's way to say the response is incomplete).
+            stream.to_client += TIMEOUT_BODY
+            upstream = stream.upstream
+            if upstream is not None:
+                upstream.cancel(stream)
+            self._pump_response(stream)
+            self._reset_stream(stream, ErrorCodes.INTERNAL_ERROR)
+        self.flush()
+
+    # -- Connection ----------------------------------------------------------------------------
+
+    def _calm(self) -> None:
+        """A peer over a flood budget: GOAWAY ENHANCE_YOUR_CALM and close (Go does the same)."""
+        log.warning(f"HTTP/2 client {self.remote_addr.decode()} sent too many {self.flood.tripped}")
+        try:
+            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        except ProtocolError:
+            pass
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        self.flush()
+        self.closed = True
+        for stream in list(self.streams.values()):
+            self._abandon(stream)
+        if self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Drain: GOAWAY (NO_ERROR) naming the last stream we take; open streams finish, then
+        the connection closes (RFC 9113 §6.8; Go's `Server.Shutdown` on HTTP/2)."""
+        if self.closed or self.goaway_last >= 0:
+            return
+        self.goaway_last = self.h2.highest_inbound_stream_id
+        self.flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.goaway_last
+        frame.error_code = ErrorCodes.NO_ERROR
+        if self.transport is not None:
+            self.transport.write(frame.serialize())
+        if not self.streams:
+            self._close_connection()
+
+    def flush_soon(self) -> None:
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_pending = False
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+def _forwardable(fields: Headers) -> Headers:
+    """Trailers without connection-specific or pseudo fields (RFC 9113 §8.1)."""
+    return [(n, v) for n, v in fields if n[:1] != b":" and n not in HOP_BY_HOP]
