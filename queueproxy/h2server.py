@@ -117,11 +117,9 @@ class _Server(H2Connection):
             self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
         except (ProtocolError, StreamClosedError):
             pass
-        event = StreamReset()
-        event.stream_id = sid
-        event.error_code = ErrorCodes.PROTOCOL_ERROR
-        event.remote_reset = False
-        return [event]
+        return [
+            StreamReset(stream_id=sid, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
+        ]
 
 
 _STREAM_ERRORS = (ProtocolError, InvalidBodyLengthError)

@@ -2,8 +2,10 @@
 
 Paths: `/echo` answers the request body's length and SHA-256; `/slow?ms=N` answers after N ms;
 `/hold` never answers (until the client resets); `/big?n=N` streams N bytes of `x`;
-`/trailers` answers with trailers; anything else `hello h2 <path>`. It records what it saw:
-requests (method, path, headers), the most streams in progress at once, and resets received.
+`/trailers` answers with trailers; anything else `hello h2 <path>`. A connection that does not
+begin with the HTTP/2 preface gets one HTTP/1.1 answer, `hello h1`, and is closed. It records
+what it saw: requests (method, path, headers), the most streams in progress at once, and resets
+received.
 """
 
 from __future__ import annotations
@@ -48,11 +50,11 @@ class _AppConnection(asyncio.Protocol):
         self.heads: dict[int, tuple[bytes, bytes]] = {}
         self.waiting: dict[int, asyncio.Future[None]] = {}
         self.live: set[int] = set()
+        self.first = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.h2.initiate_connection()
-        self.flush()
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -60,6 +62,16 @@ class _AppConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def data_received(self, data: bytes) -> None:
+        if self.first:
+            self.first = False
+            if not data.startswith(b"PRI"):
+                self.record.requests.append((b"HTTP/1.1", data.split(b" ")[1], {}))
+                assert self.transport is not None
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nhello h1"
+                )
+                self.transport.close()
+                return
         try:
             events = self.h2.receive_data(data)
         except ProtocolError:

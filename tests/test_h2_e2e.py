@@ -1,0 +1,426 @@
+"""HTTP/2 end to end: real clients (httpx, raw h2 frames) -> the sidecar process -> an h2c app.
+
+Covers prior knowledge and `Upgrade: h2c` on the one main port next to HTTP/1.1, each stream as
+one request (breaker slot, queue, 503 on overflow, statistics), resets both ways, drain with
+GOAWAY, and what hostile clients can send (malformed requests, floods) -- see docs/http2.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import httpx
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+)
+from hyperframe.frame import (
+    ContinuationFrame,
+    Frame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.h2_app import Record, serve_h2_app
+from tests.harness import Process, free_port, knative_env, rss_kib, running, start_sidecar
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.asynccontextmanager
+async def stack(**env: str) -> AsyncIterator[tuple[Process, Record]]:
+    async with serve_h2_app() as (app_port, record):
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port(), **env))
+        with running(sidecar):
+            yield sidecar, record
+
+
+def h2_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(http2=True, http1=False, timeout=10)
+
+
+# -- A raw HTTP/2 client, for what httpx will not send ----------------------------------------
+
+
+class RawH2:
+    """A blocking h2 client on a plain socket: frames in, events out."""
+
+    def __init__(self, port: int, upgrade: bool = False) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), 5)
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.events: list[object] = []
+        self.closed = False
+        self.pending = bytearray()
+
+    def start(self) -> RawH2:
+        self.h2.initiate_connection()
+        self.flush()
+        return self
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, path: str, end: bool = True, extra: list | None = None) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        headers = [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"x"),
+            (b":path", path.encode()),
+            *(extra or []),
+        ]
+        self.h2.send_headers(sid, headers, end_stream=end)
+        self.flush()
+        return sid
+
+    def read(self, timeout: float = 5.0) -> list[object]:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            data = b""
+        if not data:
+            self.closed = True
+            return []
+        events = self.h2.receive_data(self._goaways(data))
+        for event in events:
+            if isinstance(event, DataReceived):
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.flush()
+        self.events += events
+        return events
+
+    def _goaways(self, data: bytes) -> bytes:
+        """Take GOAWAY frames out before h2 sees them: h2 refuses every frame after one, where
+        RFC 9113 §6.8 lets the streams it names finish. They become ConnectionTerminated."""
+        self.pending += data
+        passed = bytearray()
+        while len(self.pending) >= 9:
+            length = int.from_bytes(self.pending[:3], "big")
+            if len(self.pending) < 9 + length:
+                break
+            frame = bytes(self.pending[: 9 + length])
+            del self.pending[: 9 + length]
+            if frame[3] == 0x7:  # GOAWAY
+                parsed, _ = Frame.parse_frame_header(memoryview(frame[:9]))
+                parsed.parse_body(memoryview(frame[9:]))
+                event = ConnectionTerminated()
+                event.error_code = parsed.error_code
+                event.last_stream_id = parsed.last_stream_id
+                self.events.append(event)
+            else:
+                passed += frame
+        return bytes(passed)
+
+    def until(self, condition, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.closed or time.monotonic() > deadline:
+                raise AssertionError(f"not reached; events: {self.events[-10:]}")
+            self.read(max(0.05, deadline - time.monotonic()))
+
+    def response(self, sid: int) -> tuple[int, bytes]:
+        self.until(
+            lambda: any(isinstance(e, StreamEnded) and e.stream_id == sid for e in self.events)
+        )
+        status = next(
+            int(dict(e.headers)[b":status"])
+            for e in self.events
+            if isinstance(e, ResponseReceived) and e.stream_id == sid
+        )
+        body = b"".join(
+            e.data for e in self.events if isinstance(e, DataReceived) and e.stream_id == sid
+        )
+        return status, body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def raw(port: int) -> Iterator[RawH2]:
+    client = RawH2(port).start()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# -- Plain h2c with prior knowledge -------------------------------------------------------------
+
+
+async def test_prior_knowledge_get_and_1mib_post() -> None:
+    async with stack() as (sidecar, record), h2_client() as client:
+        response = await client.get(f"{sidecar.url}/a?b=c", headers={"x-test": "1"})
+        assert response.http_version == "HTTP/2"
+        assert (response.status_code, response.text) == (200, "hello h2 /a?b=c")
+        body = bytes(range(256)) * 4096
+        response = await client.post(f"{sidecar.url}/echo", content=body)
+        assert response.status_code == 200
+        assert response.text == f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+    method, path, headers = record.requests[0]
+    assert (method, path, headers[b"x-test"]) == (b"GET", b"/a?b=c", b"1")
+    assert headers[b":authority"] == sidecar.url.removeprefix("http://").encode()
+    assert headers[b"x-forwarded-for"] == b"127.0.0.1"
+
+
+async def test_trailers_pass_through() -> None:
+    async with stack() as (sidecar, _):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        sid = client.request("/trailers")
+        status, body = await asyncio.to_thread(client.response, sid)
+        client.close()
+    assert (status, body) == (200, b"with trailers")
+    trailers = [e for e in client.events if type(e).__name__ == "TrailersReceived"]
+    assert [dict(t.headers) for t in trailers] == [{b"x-checksum": b"abc"}]
+
+
+def _upgrade(port: int, path: str, settings: bytes) -> tuple[bytes, RawH2]:
+    client = RawH2(port)
+    client.sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        f"Upgrade: h2c\r\nHTTP2-Settings: {settings.decode()}\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += client.sock.recv(1)
+    return head, client
+
+
+async def test_upgrade_h2c_turns_the_request_into_stream_1() -> None:
+    async with stack() as (sidecar, record):
+        probe = H2Connection(H2Configuration(client_side=True))
+        settings = probe.initiate_upgrade_connection()
+        head, client = await asyncio.to_thread(_upgrade, sidecar.port, "/up", settings)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"upgrade: h2c" in head.lower()
+        client.h2.initiate_upgrade_connection()
+        client.flush()
+        status, body = await asyncio.to_thread(client.response, 1)
+        assert (status, body) == (200, b"hello h2 /up")
+        # The connection goes on as HTTP/2.
+        sid = client.request("/next")
+        assert await asyncio.to_thread(client.response, sid) == (200, b"hello h2 /next")
+        client.close()
+    assert [r[1] for r in record.requests] == [b"/up", b"/next"]
+
+
+async def test_upgrade_h2c_with_a_body_or_bad_settings_is_served_as_http1() -> None:
+    async with stack() as (sidecar, record):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+            b"Content-Length: 5\r\n\r\nhello"
+            b"GET /q HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: !!\r\n\r\n"
+        )
+        answer = b""
+        while answer.count(b"hello h1") < 2:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk, answer
+            answer += chunk
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b" 101 " not in answer
+    assert [r[0] for r in record.requests] == [b"HTTP/1.1"] * 2
+
+
+async def test_http1_and_h2c_on_the_same_port_at_once() -> None:
+    async with stack() as (sidecar, record), h2_client() as h2c, aiohttp.ClientSession() as h1:
+
+        async def one_h1() -> str:
+            async with h1.get(f"{sidecar.url}/one") as response:
+                assert response.version == aiohttp.HttpVersion11
+                return await response.text()
+
+        async def one_h2() -> str:
+            response = await h2c.get(f"{sidecar.url}/two")
+            assert response.http_version == "HTTP/2"
+            return response.text
+
+        results = await asyncio.gather(one_h1(), one_h2(), one_h1(), one_h2())
+    assert results == ["hello h1", "hello h2 /two"] * 2
+
+
+# -- Each stream is one request -----------------------------------------------------------------
+
+
+async def test_cc2_ten_streams_on_one_connection_never_more_than_two_at_the_app() -> None:
+    async with stack(CONTAINER_CONCURRENCY="2") as (sidecar, record), h2_client() as client:
+        responses = await asyncio.gather(
+            *(client.get(f"{sidecar.url}/slow?ms=150") for _ in range(10))
+        )
+    assert [r.status_code for r in responses] == [200] * 10
+    assert record.max_active == 2
+    assert record.completed == 10
+
+
+async def test_overflow_is_a_503_on_one_stream_while_the_others_carry_on() -> None:
+    # CC=1: one at the app, ten queued, the twelfth is turned away.
+    async with stack(CONTAINER_CONCURRENCY="1") as (sidecar, record), h2_client() as client:
+        first = asyncio.ensure_future(client.get(f"{sidecar.url}/slow?ms=400"))
+        await asyncio.sleep(0.1)
+        rest = [asyncio.ensure_future(client.get(f"{sidecar.url}/slow?ms=10")) for _ in range(11)]
+        responses = [await first] + [await r for r in rest]
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 11 + [503]
+    [rejected] = [r for r in responses if r.status_code == 503]
+    assert rejected.text == "pending request queue full\n"
+    assert record.completed == 11
+
+
+async def test_statistics_count_streams() -> None:
+    async with stack() as (sidecar, _), h2_client() as client, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{sidecar.port_of('QUEUEPROXY_METRICS_PORT')}/metrics"
+        windows: dict[float, float] = {}
+
+        async def scrape() -> None:
+            async with http.get(url) as response:
+                text = await response.text()
+            values = {f.name: f.samples[0].value for f in text_string_to_metric_families(text)}
+            windows[values["process_uptime"]] = values["queue_requests_per_second"]
+
+        await scrape()
+        first = max(windows)
+        responses = await asyncio.gather(*(client.get(f"{sidecar.url}/s{i}") for i in range(7)))
+        assert all(r.status_code == 200 for r in responses)
+        for _ in range(10):
+            await asyncio.sleep(0.25)
+            await scrape()
+    assert sum(v for uptime, v in windows.items() if uptime > first) == 7
+
+
+async def test_a_client_reset_frees_the_slot_and_cancels_the_app_stream() -> None:
+    async with stack(CONTAINER_CONCURRENCY="1") as (sidecar, record):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        held = client.request("/hold")
+        await asyncio.sleep(0.2)
+        assert record.active == 1
+        client.h2.reset_stream(held, ErrorCodes.CANCEL)
+        client.flush()
+        sid = client.request("/after")
+        assert await asyncio.to_thread(client.response, sid) == (200, b"hello h2 /after")
+        client.close()
+    assert record.resets == 1
+
+
+async def test_an_app_reset_resets_the_client_stream() -> None:
+    async with stack(REVISION_TIMEOUT_SECONDS="1") as (sidecar, _):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        sid = client.request("/hold")
+        # The revision timeout (1 s) answers 504 on that stream alone.
+        status, body = await asyncio.to_thread(client.response, sid)
+        assert (status, body) == (504, b"request timeout")
+        other = client.request("/other")
+        assert await asyncio.to_thread(client.response, other) == (200, b"hello h2 /other")
+        client.close()
+
+
+async def test_drain_sends_goaway_and_open_streams_finish() -> None:
+    async with stack() as (sidecar, record):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        sid = client.request("/slow?ms=1500")
+        await asyncio.sleep(0.2)
+        sidecar.proc.send_signal(15)
+        status, body = await asyncio.to_thread(client.response, sid)
+        assert (status, body) == (200, b"hello h2 /slow?ms=1500")
+        await asyncio.to_thread(
+            client.until, lambda: any(isinstance(e, ConnectionTerminated) for e in client.events)
+        )
+        [goaway] = [e for e in client.events if isinstance(e, ConnectionTerminated)]
+        assert goaway.error_code == ErrorCodes.NO_ERROR
+        assert goaway.last_stream_id == sid
+        client.close()
+        assert await asyncio.to_thread(sidecar.proc.wait, 10) == 0
+
+
+# -- Bad requests and floods --------------------------------------------------------------------
+
+
+async def test_malformed_request_is_a_stream_error_and_the_connection_serves_on() -> None:
+    async with stack() as (sidecar, record):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        for bad in ([(b"connection", b"close")], [(b"te", b"gzip")], [(b"X-Upper", b"1")]):
+            client.h2.config.validate_outbound_headers = False
+            client.h2.config.normalize_outbound_headers = False
+            sid = client.request("/bad", extra=bad)
+            await asyncio.to_thread(
+                client.until,
+                lambda sid=sid: any(
+                    isinstance(e, StreamReset) and e.stream_id == sid for e in client.events
+                ),
+            )
+            reset = next(e for e in client.events if isinstance(e, StreamReset))
+            assert reset.error_code == ErrorCodes.PROTOCOL_ERROR
+        sid = client.request("/good")
+        assert await asyncio.to_thread(client.response, sid) == (200, b"hello h2 /good")
+        client.close()
+    assert [r[1] for r in record.requests] == [b"/good"]
+
+
+def _headers_block(client: RawH2) -> bytes:
+    return client.h2.encoder.encode(
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/r")]
+    )
+
+
+@pytest.mark.parametrize("kind", ["rapid_reset", "continuation", "ping"])
+async def test_floods_end_the_attackers_connection_and_others_are_served(kind: str) -> None:
+    async with stack() as (sidecar, record), h2_client() as client:
+        rss_before = rss_kib(sidecar.pid)
+        attacker = RawH2(sidecar.port)
+        frames = []
+        if kind == "rapid_reset":
+            for index in range(2000):
+                sid = 1 + 2 * index
+                headers = HeadersFrame(sid, _headers_block(attacker), flags=["END_HEADERS"])
+                frames += [headers.serialize(), RstStreamFrame(sid, 8).serialize()]
+        elif kind == "continuation":
+            frames.append(HeadersFrame(1, _headers_block(attacker)).serialize())
+            filler = ContinuationFrame(1, b"\x40\x01a\x01b" * 3000)
+            frames += [filler.serialize()] * 200
+        else:
+            frames += [PingFrame(0, b"12345678").serialize()] * 5000
+        victim = asyncio.ensure_future(client.get(f"{sidecar.url}/victim"))
+        result = await asyncio.to_thread(_flood_with, attacker, b"".join(frames))
+        response = await victim
+        assert (response.status_code, response.text) == (200, "hello h2 /victim")
+        assert rss_kib(sidecar.pid) - rss_before < 50 * 1024
+    terminated = [e for e in result.events if isinstance(e, ConnectionTerminated)]
+    assert terminated or result.closed
+    if terminated:
+        assert terminated[0].error_code in (
+            ErrorCodes.ENHANCE_YOUR_CALM,
+            ErrorCodes.PROTOCOL_ERROR,
+            ErrorCodes.COMPRESSION_ERROR,
+        )
+    # The rapid-reset budget stops the stream storm well before 2000 app requests.
+    assert len(record.requests) < 1000
+
+
+def _flood_with(client: RawH2, frames: bytes) -> RawH2:
+    client.start()
+    with contextlib.suppress(OSError):
+        client.sock.sendall(frames)
+    with contextlib.suppress(Exception):
+        client.until(lambda: any(isinstance(e, ConnectionTerminated) for e in client.events), 10)
+    client.close()
+    return client
