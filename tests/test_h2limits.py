@@ -1,0 +1,150 @@
+"""Sans-IO HTTP/2 pieces: flood budgets with an injected clock, the stream-error conversion of
+malformed requests, and the HTTP2-Settings check of an h2c upgrade -- no sockets."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import RequestReceived, StreamReset
+
+from queueproxy.h2limits import PING_RATE, RESET_RATE, SETTINGS_RATE, FloodGuard, TokenBucket
+from queueproxy.h2server import _config, _Server
+from queueproxy.proxy import _valid_settings
+
+
+def test_bucket_spends_its_burst_then_refills_at_its_rate() -> None:
+    bucket = TokenBucket(rate=8, burst=3, now=100.0)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.take(100.0625)  # half a token
+    assert bucket.take(100.125)
+    assert not bucket.take(100.125)
+    # Idle time refills up to the burst, never beyond.
+    assert [bucket.take(200.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_bucket_ignores_a_clock_going_backwards() -> None:
+    bucket = TokenBucket(rate=1, burst=1, now=10.0)
+    assert bucket.take(10.0)
+    assert not bucket.take(5.0)
+    assert not bucket.take(10.5)
+    assert bucket.take(11.0)
+
+
+@pytest.mark.parametrize("rate, burst", [(0, 1), (-1, 5), (1, 0.5)])
+def test_bucket_rejects_nonsense(rate: float, burst: float) -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(rate, burst, 0.0)
+
+
+@pytest.mark.parametrize(
+    "spend, budget, name",
+    [
+        (FloodGuard.reset, RESET_RATE, "stream resets"),
+        (FloodGuard.ping, PING_RATE, "PING frames"),
+        (FloodGuard.settings_frame, SETTINGS_RATE, "SETTINGS frames"),
+    ],
+)
+def test_flood_guard_trips_after_the_burst_and_says_what(spend, budget, name) -> None:
+    rate, burst = budget
+    guard = FloodGuard(now=0.0)
+    assert all(spend(guard, 0.0) for _ in range(int(burst)))
+    assert guard.tripped == ""
+    assert not spend(guard, 0.0)
+    assert guard.tripped == name
+    # A client within the steady rate is never stopped.
+    steady = FloodGuard(now=0.0)
+    assert all(spend(steady, t / rate) for t in range(int(burst) * 3))
+
+
+def test_budgets_are_independent() -> None:
+    guard = FloodGuard(now=0.0)
+    while guard.ping(0.0):
+        pass
+    assert guard.reset(0.0)
+    assert guard.settings_frame(0.0)
+
+
+# -- Malformed requests are stream errors (RFC 9113 §8.1.1), the connection lives on -------------
+
+
+def _pair() -> tuple[H2Connection, _Server]:
+    client = H2Connection(
+        H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+    )
+    server = _Server(config=_config())
+    server.initiate_connection()
+    client.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return client, server
+
+
+BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [*BASE, (b"connection", b"close")],
+        [*BASE, (b"transfer-encoding", b"chunked")],
+        [*BASE, (b"te", b"gzip")],
+        [*BASE, (b"Upper", b"1")],
+        [*BASE, (b"x", b"a\r\nb")],
+        [*BASE, (b":weird", b"1")],
+        [(b":method", b"GET"), (b":authority", b"x"), (b":path", b"/")],  # no :scheme
+        [*BASE[:3], (b"x", b"1"), BASE[3]],  # pseudo-header after a regular one
+        [*BASE, (b"content-length", b"abc")],
+    ],
+    ids=lambda h: repr(h[-1][0]),
+)
+def test_malformed_request_resets_its_stream_only(headers) -> None:
+    client, server = _pair()
+    client.send_headers(1, headers, end_stream=True)
+    events = server.receive_data(client.data_to_send())
+    assert [type(e) for e in events] == [StreamReset]
+    assert events[0].error_code == ErrorCodes.PROTOCOL_ERROR
+    assert not events[0].remote_reset
+    answers = client.receive_data(server.data_to_send())
+    assert any(isinstance(e, StreamReset) and e.stream_id == 1 for e in answers)
+    # The next request on the same connection is fine.
+    client.send_headers(3, BASE, end_stream=True)
+    events = server.receive_data(client.data_to_send())
+    assert isinstance(events[0], RequestReceived)
+    assert events[0].stream_id == 3
+
+
+def test_body_longer_than_content_length_resets_the_stream_and_returns_the_window() -> None:
+    client, server = _pair()
+    client.send_headers(1, [*BASE, (b"content-length", b"3")])
+    server.receive_data(client.data_to_send())
+    window = server._inbound_flow_control_window_manager.current_window_size
+    client.send_data(1, b"toolong", end_stream=True)
+    events = server.receive_data(client.data_to_send())
+    assert [type(e) for e in events] == [StreamReset]
+    # The 7 bytes were acknowledged at connection level: nobody will ever read them.
+    assert server._inbound_flow_control_window_manager.current_window_size >= window - 7
+    client.send_headers(3, BASE, end_stream=True)
+    assert isinstance(server.receive_data(client.data_to_send())[0], RequestReceived)
+
+
+# -- HTTP2-Settings of an Upgrade: h2c ----------------------------------------------------------
+
+
+def test_http2_settings_value() -> None:
+    good = H2Connection(H2Configuration(client_side=True)).initiate_upgrade_connection()
+    assert good is not None and _valid_settings(good)
+    assert _valid_settings(b"")  # no settings at all is allowed
+    assert _valid_settings(b"AAMAAABkAARAAAAAAAIAAAAA")
+    assert not _valid_settings(b"!!")
+    assert not _valid_settings(base64.urlsafe_b64encode(b"12345"))  # not whole settings
+    assert not _valid_settings(b"AAMA+AB/")  # base64, not base64url
