@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import httpx
 import pytest
+import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -37,7 +39,16 @@ from hyperframe.frame import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.h2_app import Record, serve_h2_app
-from tests.harness import Process, free_port, knative_env, rss_kib, running, start_sidecar
+from tests.harness import (
+    Process,
+    free_port,
+    knative_env,
+    rss_kib,
+    running,
+    start_sidecar,
+    wait_for_port,
+)
+from tests.test_tls import write_pair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -420,3 +431,28 @@ def _flood_with(client: RawH2, frames: bytes) -> RawH2:
         client.until(lambda: any(isinstance(e, ConnectionTerminated) for e in client.events), 10)
     client.close()
     return client
+
+
+# -- TLS: ALPN h2 on the TLS port -----------------------------------------------------------------
+
+
+async def test_tls_port_offers_h2_and_http11_by_alpn(tmp_path) -> None:
+    ca = trustme.CA()
+    write_pair(ca, tmp_path)
+    tls_port = free_port()
+    async with stack(QUEUE_SERVING_TLS_PORT=str(tls_port), QUEUEPROXY_CERTS_DIR=str(tmp_path)) as (
+        sidecar,
+        record,
+    ):
+        await asyncio.to_thread(wait_for_port, tls_port)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        async with httpx.AsyncClient(http2=True, verify=context) as client:
+            response = await client.get(f"https://127.0.0.1:{tls_port}/secure")
+        assert response.http_version == "HTTP/2"
+        assert (response.status_code, response.text) == (200, "hello h2 /secure")
+        # A client that offers only http/1.1 gets HTTP/1.1 (and the app's HTTP/1 answer).
+        async with httpx.AsyncClient(http2=False, verify=context) as client:
+            response = await client.get(f"https://127.0.0.1:{tls_port}/plain")
+        assert response.http_version == "HTTP/1.1"
+        assert response.text == "hello h1"
