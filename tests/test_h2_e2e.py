@@ -29,6 +29,7 @@ from h2.events import (
     StreamEnded,
     StreamReset,
 )
+from h2.settings import SettingCodes
 from hyperframe.frame import (
     ContinuationFrame,
     Frame,
@@ -105,7 +106,9 @@ class RawH2:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
+        except TimeoutError:
+            return []
+        except ConnectionResetError:
             data = b""
         if not data:
             self.closed = True
@@ -147,9 +150,10 @@ class RawH2:
                 raise AssertionError(f"not reached; events: {self.events[-10:]}")
             self.read(max(0.05, deadline - time.monotonic()))
 
-    def response(self, sid: int) -> tuple[int, bytes]:
+    def response(self, sid: int, timeout: float = 5.0) -> tuple[int, bytes]:
         self.until(
-            lambda: any(isinstance(e, StreamEnded) and e.stream_id == sid for e in self.events)
+            lambda: any(isinstance(e, StreamEnded) and e.stream_id == sid for e in self.events),
+            timeout,
         )
         status = next(
             int(dict(e.headers)[b":status"])
@@ -415,10 +419,12 @@ async def test_floods_end_the_attackers_connection_and_others_are_served(kind: s
         response = await victim
         assert (response.status_code, response.text) == (200, "hello h2 /victim")
         assert rss_kib(sidecar.pid) - rss_before < 50 * 1024
-    [terminated] = [e for e in result.events if isinstance(e, ConnectionTerminated)]
     # Budgets run out: ENHANCE_YOUR_CALM; h2's cap of 64 CONTINUATION frames: PROTOCOL_ERROR.
+    # (The GOAWAY may be lost to a reset: the attacker was still sending when we closed.)
+    terminated = [e for e in result.events if isinstance(e, ConnectionTerminated)]
+    assert terminated or result.closed
     expected = ErrorCodes.PROTOCOL_ERROR if kind == "continuation" else ErrorCodes.ENHANCE_YOUR_CALM
-    assert terminated.error_code == expected
+    assert [e.error_code for e in terminated] in ([], [expected])
     # The rapid-reset budget stops the stream storm well before 2000 app requests.
     assert len(record.requests) < 1000
 
@@ -456,3 +462,77 @@ async def test_tls_port_offers_h2_and_http11_by_alpn(tmp_path) -> None:
             response = await client.get(f"https://127.0.0.1:{tls_port}/plain")
         assert response.http_version == "HTTP/1.1"
         assert response.text == "hello h1"
+
+
+# -- Flow control is the back-pressure ------------------------------------------------------------
+
+
+async def test_a_queued_streams_body_is_not_acknowledged_until_it_has_a_slot() -> None:
+    async with stack(CONTAINER_CONCURRENCY="1") as (sidecar, record):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        await asyncio.to_thread(client.read, 1)  # the server's SETTINGS
+        busy = client.request("/slow?ms=800")
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(
+            sid,
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":authority", b"x"),
+                (b":path", b"/echo"),
+            ],
+        )
+        body = b"b" * (256 * 1024)
+        window = client.h2.local_flow_control_window(sid)
+        assert window == 65535
+        for start in range(0, window, 16384):
+            client.h2.send_data(sid, body[start : min(start + 16384, window)])
+        client.flush()
+        await asyncio.to_thread(client.read, 0.4)
+        # Queued behind the busy stream: not a byte of the body is acknowledged.
+        assert client.h2.local_flow_control_window(sid) == 0
+        assert len(record.requests) == 1
+        sent = window
+
+        def send_rest() -> None:
+            nonlocal sent
+            while sent < len(body):
+                room = client.h2.local_flow_control_window(sid)
+                if room <= 0:
+                    client.read(5)
+                    continue
+                chunk = body[sent : sent + min(room, 16384)]
+                client.h2.send_data(sid, chunk, end_stream=sent + len(chunk) == len(body))
+                sent += len(chunk)
+                client.flush()
+
+        await asyncio.to_thread(send_rest)
+        assert await asyncio.to_thread(client.response, busy) == (200, b"hello h2 /slow?ms=800")
+        status, answer = await asyncio.to_thread(client.response, sid)
+        assert (status, answer) == (200, f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
+        client.close()
+
+
+async def test_a_client_that_does_not_read_holds_a_bounded_amount_in_the_sidecar() -> None:
+    size = 32 * 1024 * 1024
+    async with stack() as (sidecar, record):
+        warm = await asyncio.to_thread(RawH2(sidecar.port).start)
+        assert await asyncio.to_thread(warm.response, warm.request("/warm")) == (
+            200,
+            b"hello h2 /warm",
+        )
+        warm.close()
+        before = rss_kib(sidecar.pid)
+        client = RawH2(sidecar.port).start()
+        # Windows that would let the sidecar send it all: only its socket buffer stops it.
+        client.h2.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        client.h2.increment_flow_control_window(2**31 - 1 - 65535)
+        client.flush()
+        sid = client.request(f"/big?n={size}")
+        await asyncio.sleep(1.5)  # not reading
+        grown = rss_kib(sidecar.pid) - before
+        assert grown < 8 * 1024, f"{grown} KiB held for a client that does not read"
+        # It then reads everything.
+        status, body = await asyncio.to_thread(client.response, sid, 30)
+        assert (status, len(body)) == (200, size)
+        client.close()
