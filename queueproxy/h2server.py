@@ -784,6 +784,10 @@ class H2ServerConnection(asyncio.Protocol):
             elif stream.dispatched_at:
                 path.observer.probe_answered(stream)  # type: ignore[arg-type]
         self.streams.pop(stream.sid, None)
+        if not stream.request_done:
+            # Answered before the whole request came (a 503, an early response): the client may
+            # stop sending (RFC 9113 §8.1). A no-op for a stream already reset.
+            self._reset(stream.sid, ErrorCodes.NO_ERROR)
         if self.goaway_last >= 0 and not self.streams:
             self._close_connection()
 

@@ -536,3 +536,17 @@ async def test_a_client_that_does_not_read_holds_a_bounded_amount_in_the_sidecar
         status, body = await asyncio.to_thread(client.response, sid, 30)
         assert (status, len(body)) == (200, size)
         client.close()
+
+
+async def test_probes_are_answered_on_http2_as_on_http1() -> None:
+    async with stack() as (sidecar, record), h2_client() as client:
+        probe = {"K-Network-Probe": "probe", "K-Network-Hash": "abc"}
+        response = await client.get(f"{sidecar.url}/anything", headers=probe)
+        assert (response.status_code, response.headers["k-network-hash"]) == (200, "abc")
+        health = {"User-Agent": "kube-probe/1.30", "K-Network-Probe": "queue"}
+        response = await client.get(f"{sidecar.url}/", headers=health)
+        assert (response.status_code, response.text) == (200, "queue")
+        bad = {"User-Agent": "kube-probe/1.30", "K-Network-Probe": "nope"}
+        response = await client.get(f"{sidecar.url}/", headers=bad)
+        assert response.status_code == 400
+    assert record.requests == []  # none of them reached the app
