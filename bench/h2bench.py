@@ -115,6 +115,12 @@ def main() -> int:
             "PATH": os.environ["PATH"],
             "SERVING_NAMESPACE": "default",
             "SERVING_REVISION": "hello-00001",
+            "SERVING_SERVICE": "hello",
+            "SERVING_CONFIGURATION": "hello",
+            "SERVING_POD_IP": "127.0.0.1",
+            "SYSTEM_NAMESPACE": "knative-serving",
+            "SERVING_LOGGING_CONFIG": "",
+            "SERVING_LOGGING_LEVEL": "info",
             "SERVING_POD": "hello-00001-abc",
             "QUEUE_SERVING_PORT": str(qp_port),
             "QUEUE_SERVING_TLS_PORT": str(free_port()),
@@ -124,6 +130,7 @@ def main() -> int:
             "SERVING_REQUEST_METRICS_BACKEND": "prometheus",
             "SERVING_READINESS_PROBE": f'{{"tcpSocket":{{"port":{app_port}}}}}',
             "QUEUEPROXY_BIND_ADDRESS": "127.0.0.1",
+            "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS": "0.5",
             "QUEUEPROXY_ADMIN_PORT": str(free_port()),
             "QUEUEPROXY_METRICS_PORT": str(free_port()),
             "QUEUEPROXY_USER_METRICS_PORT": str(free_port()),
@@ -133,7 +140,7 @@ def main() -> int:
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=open(Path(work) / "queueproxy.log", "wb"),  # noqa: SIM115
         )
         procs.append(qp)
         targets["queueproxy"] = (qp_port, qp)
@@ -149,8 +156,14 @@ def main() -> int:
             procs.append(ha)
             targets["haproxy"] = (ha_port, ha)
         try:
-            for port, _ in targets.values():
-                wait_port(port)
+            for name, (port, _) in targets.items():
+                try:
+                    wait_port(port)
+                except TimeoutError:
+                    print(f"{name} did not start")
+                    if name == "queueproxy":
+                        print((Path(work) / "queueproxy.log").read_text()[-2000:])
+                    raise
             results: dict[str, list[tuple[float, float, float]]] = {t: [] for t in targets}
             for port, _ in targets.values():  # warm-up (and the lazy h2 import)
                 h2load(port, 2000, args.clients, args.streams)

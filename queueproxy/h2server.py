@@ -73,6 +73,17 @@ from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer
 
 log = logging.getLogger("queueproxy")
 
+
+def _no_log(*args: object, **kwargs: object) -> None:
+    pass
+
+
+# hpack logs every header field it encodes or decodes at debug level: some 50 calls per
+# exchange, a few per cent of our CPU even when debug is off, and field values (cookies,
+# tokens) when it is on. Its loggers' `debug` becomes a no-op.
+for _name in ("hpack.hpack", "hpack.table"):
+    logging.getLogger(_name).debug = _no_log  # type: ignore[method-assign]
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 Headers = list[tuple[bytes, bytes]]
 
@@ -174,7 +185,6 @@ class Stream:
         "response_done",
         "response_trailers",
         "timer",
-        "timer_handle",
     )
 
     def __init__(self, conn: H2ServerConnection, sid: int, method: bytes, target: bytes) -> None:
@@ -210,7 +220,6 @@ class Stream:
         self.response_done = False
         self.response_trailers: Headers | None = None
         self.timer: RequestTimer | None = None
-        self.timer_handle: asyncio.TimerHandle | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header, by lower-case name."""
@@ -246,6 +255,8 @@ class H2ServerConnection(asyncio.Protocol):
         self.flush_pending = False
         self.goaway_last = -1  # last stream id accepted once a graceful GOAWAY went out
         self.tunnel_upstream = None  # the server's drain loop asks every connection
+        self.timer_handle: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
 
     @property
     def exchange(self) -> Stream | None:
@@ -319,6 +330,9 @@ class H2ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.path.connections.discard(self)
+        if self.timer_handle is not None:
+            self.timer_handle.cancel()
+            self.timer_handle = None
         for stream in list(self.streams.values()):
             self._abandon(stream)
 
@@ -763,9 +777,7 @@ class H2ServerConnection(asyncio.Protocol):
         elif state == CONNECTING:
             self.pool.remove_waiter(stream)
         stream.state = DONE
-        if stream.timer_handle is not None:
-            stream.timer_handle.cancel()
-            stream.timer_handle = None
+        stream.timer = None
         path.release_slot(stream)  # type: ignore[arg-type]
         # Body that will never be sent on still holds the connection window: give it back.
         held = stream.unacked + len(stream.to_app)
@@ -791,43 +803,64 @@ class H2ServerConnection(asyncio.Protocol):
         if self.goaway_last >= 0 and not self.streams:
             self._close_connection()
 
-    # -- Timeouts (pkg/http/handler/timeout.go), one timer per stream ---------------------------
+    # -- Timeouts (pkg/http/handler/timeout.go) ------------------------------------------------
+
+    # As on HTTP/1, one loop timer per connection, re-armed lazily: a stream only stores its
+    # deadlines (`RequestTimer`); the timer fires at the earliest one known when it was armed,
+    # checks every stream and re-arms for the next. A new stream arms it only if its deadline
+    # comes first, so a steady flow of streams creates no timer handles at all.
 
     def _start_timer(self, stream: Stream) -> None:
         timer = stream.timer = RequestTimer(self.path.timeout_rules)
         timer.start(self.loop.time())
-        self._arm(stream)
+        self._arm(timer.next_deadline())
 
     def _wrote(self, stream: Stream) -> None:
         if stream.timer is not None and self.path.track_writes:
             stream.timer.wrote(self.loop.time())
 
-    def _arm(self, stream: Stream) -> None:
-        assert stream.timer is not None
-        deadline = stream.timer.next_deadline()
-        if deadline is not None:
-            stream.timer_handle = self.loop.call_at(deadline, self._on_timer, stream)
+    def _arm(self, deadline: float | None) -> None:
+        if deadline is None:
+            return
+        handle = self.timer_handle
+        if handle is not None:
+            if self.timer_at <= deadline:
+                return
+            handle.cancel()
+        self.timer_at = deadline
+        self.timer_handle = self.loop.call_at(deadline, self._on_timer)
 
-    def _on_timer(self, stream: Stream) -> None:
-        stream.timer_handle = None
-        if stream.state == DONE or stream.timer is None:
+    def _on_timer(self) -> None:
+        self.timer_handle = None
+        if self.closed:
             return
-        expired = stream.timer.check(self.loop.time())
-        if expired is None:
-            self._arm(stream)  # a write moved the idle deadline
-            return
+        now = self.loop.time()
+        for stream in list(self.streams.values()):
+            timer = stream.timer
+            if timer is None or stream.state == DONE or timer.check(now) is None:
+                continue
+            self._timed_out(stream)
+        deadlines = [
+            d
+            for stream in self.streams.values()
+            if stream.timer is not None and (d := stream.timer.next_deadline()) is not None
+        ]
+        if deadlines:
+            self._arm(min(deadlines))
+        self.flush()
+
+    def _timed_out(self, stream: Stream) -> None:
         if not stream.response_started:
             self.respond_locally(stream, TIMEOUT_STATUS, TIMEOUT_BODY)
-        else:
-            # The status is gone: the text goes after what was sent, then the stream is cut,
-            # as on HTTP/1 (a reset is HTTP/2's way to say the response is incomplete).
-            stream.to_client += TIMEOUT_BODY
-            upstream = stream.upstream
-            if upstream is not None:
-                upstream.cancel(stream)
-            self._pump_response(stream)
-            self._reset_stream(stream, ErrorCodes.INTERNAL_ERROR)
-        self.flush()
+            return
+        # The status is gone: the text goes after what was sent, then the stream is cut, as on
+        # HTTP/1 (a reset is HTTP/2's way to say the response is incomplete).
+        stream.to_client += TIMEOUT_BODY
+        upstream = stream.upstream
+        if upstream is not None:
+            upstream.cancel(stream)
+        self._pump_response(stream)
+        self._reset_stream(stream, ErrorCodes.INTERNAL_ERROR)
 
     # -- Connection ----------------------------------------------------------------------------
 

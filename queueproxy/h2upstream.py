@@ -194,11 +194,12 @@ class H2Upstream(asyncio.Protocol):
     # -- Used by the client side ---------------------------------------------------------------
 
     def has_room(self) -> bool:
-        h2 = self.h2
+        # Our own count: h2's `open_outbound_streams` walks every stream on each call. Streams
+        # leave `self.streams` only when closed on the h2 side too (ended both ways, or reset).
         return (
             not self.closed
             and not self.going_away
-            and h2.open_outbound_streams < h2.remote_settings.max_concurrent_streams
+            and len(self.streams) < self.h2.remote_settings.max_concurrent_streams
         )
 
     def open(self, stream: Stream, headers: Headers, end_stream: bool) -> None:
