@@ -58,13 +58,51 @@ class _Client(H2Connection):
 
 def _config() -> H2Configuration:
     # Outbound headers are built by h2server from validated input: h2's checks would repeat it.
+    # The app's header blocks are checked by `malformed`, one pass instead of h2's chain of
+    # generators per field (about a tenth of the CPU of an exchange).
     return H2Configuration(
         client_side=True,
         header_encoding=None,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
-        validate_inbound_headers=True,
+        validate_inbound_headers=False,
     )
+
+
+_NAME_BYTES = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+def malformed(fields: Headers, trailers: bool = False) -> str:
+    """Why a response (or trailer) header block from the app is malformed (RFC 9113 §8.2.1,
+    §8.3.2), or "" if it is not: one `:status` of three digits first (none in trailers),
+    lower-case token names, no connection-specific fields, values without NUL, CR, LF or
+    leading or trailing whitespace."""
+    status = 0
+    for index, (name, value) in enumerate(fields):
+        if name[:1] == b":":
+            if trailers or name != b":status" or index != 0:
+                return f"pseudo-header {name!r} not allowed here"
+            if len(value) != 3 or not value.isdigit():
+                return f"invalid :status {value!r}"
+            status = 1
+        elif not name or name.translate(None, _NAME_BYTES):
+            return f"invalid field name {name!r}"
+        elif name in _CONNECTION_SPECIFIC:
+            return f"connection-specific field {name!r}"
+        if value and (
+            value[0] in (32, 9)
+            or value[-1] in (32, 9)
+            or b"\r" in value
+            or b"\n" in value
+            or b"\0" in value
+        ):
+            return f"invalid value of {name!r}"
+    if not trailers and not status:
+        return "no :status"
+    return ""
 
 
 class H2Upstream(asyncio.Protocol):
@@ -142,11 +180,14 @@ class H2Upstream(asyncio.Protocol):
                 sid = event.stream_id  # type: ignore[attr-defined]
                 stream = streams.get(sid)
                 if stream is not None:
+                    headers = event.headers  # type: ignore[attr-defined]
+                    if self._refused(sid, stream, malformed(headers)):
+                        continue
                     # A headers-only response (gRPC's Trailers-Only) stays one HEADERS frame.
                     ended = event.stream_ended is not None  # type: ignore[attr-defined]
                     if ended:
                         self._ended(sid, stream)
-                    stream.conn.response_head(stream, event.headers, ended)  # type: ignore[attr-defined]
+                    stream.conn.response_head(stream, headers, ended)
             elif kind is StreamEnded:
                 sid = event.stream_id  # type: ignore[attr-defined]
                 stream = streams.get(sid)
@@ -154,9 +195,12 @@ class H2Upstream(asyncio.Protocol):
                     self._ended(sid, stream)
                     stream.conn.response_end(stream)
             elif kind is TrailersReceived:
-                stream = streams.get(event.stream_id)  # type: ignore[attr-defined]
+                sid = event.stream_id  # type: ignore[attr-defined]
+                stream = streams.get(sid)
                 if stream is not None:
-                    stream.response_trailers = event.headers  # type: ignore[attr-defined]
+                    headers = event.headers  # type: ignore[attr-defined]
+                    if not self._refused(sid, stream, malformed(headers, trailers=True)):
+                        stream.response_trailers = headers
             elif kind is WindowUpdated:
                 sid = event.stream_id  # type: ignore[attr-defined]
                 if sid == 0:
@@ -172,9 +216,12 @@ class H2Upstream(asyncio.Protocol):
                     stream.upstream = None
                     stream.conn.upstream_reset(stream, event.error_code)  # type: ignore[attr-defined]
             elif kind is InformationalResponseReceived:
-                stream = streams.get(event.stream_id)  # type: ignore[attr-defined]
+                sid = event.stream_id  # type: ignore[attr-defined]
+                stream = streams.get(sid)
                 if stream is not None:
-                    stream.conn.informational(stream, event.headers)  # type: ignore[attr-defined]
+                    headers = event.headers  # type: ignore[attr-defined]
+                    if not self._refused(sid, stream, malformed(headers)):
+                        stream.conn.informational(stream, headers)
             elif kind is ConnectionTerminated:
                 self.going_away = True
                 self.pool.forget(self)
@@ -244,6 +291,21 @@ class H2Upstream(asyncio.Protocol):
             pass  # already closed on the h2 side
         self.flush_soon()
         self._maybe_idle()
+
+    def _refused(self, sid: int, stream: Stream, reason: str) -> bool:
+        """A malformed header block: the app's stream is reset (PROTOCOL_ERROR) and the client
+        gets a 502, or a reset once its response has begun."""
+        if not reason:
+            return False
+        del self.streams[sid]
+        stream.upstream = None
+        try:
+            self.h2.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+        except ProtocolError:
+            pass
+        stream.conn.upstream_failed(stream, "malformed HTTP/2 response from the app: " + reason)
+        self._maybe_idle()
+        return True
 
     def _ended(self, sid: int, stream: Stream) -> None:
         """The app's response is complete: the stream leaves this connection."""

@@ -13,6 +13,7 @@ from h2.events import RequestReceived, StreamReset
 
 from queueproxy.h2limits import PING_RATE, RESET_RATE, SETTINGS_RATE, FloodGuard, TokenBucket
 from queueproxy.h2server import _config, _Server
+from queueproxy.h2upstream import malformed
 from queueproxy.proxy import _valid_settings
 
 
@@ -148,3 +149,40 @@ def test_http2_settings_value() -> None:
     assert not _valid_settings(b"!!")
     assert not _valid_settings(base64.urlsafe_b64encode(b"12345"))  # not whole settings
     assert not _valid_settings(b"AAMA+AB/")  # base64, not base64url
+
+
+# -- The app's header blocks (h2upstream.malformed) ---------------------------------------------
+
+OK = [(b":status", b"200"), (b"content-type", b"text/plain"), (b"grpc-status", b"0")]
+
+
+def test_well_formed_response_and_trailers() -> None:
+    assert malformed(OK) == ""
+    assert malformed([(b":status", b"204")]) == ""
+    assert malformed([(b"grpc-status", b"0"), (b"grpc-message", b"")], trailers=True) == ""
+
+
+@pytest.mark.parametrize(
+    "fields, trailers",
+    [
+        ([(b"content-type", b"x")], False),  # no :status
+        ([(b":status", b"20")], False),
+        ([(b":status", b"abc")], False),
+        ([(b"x", b"1"), (b":status", b"200")], False),  # pseudo after regular
+        ([(b":status", b"200"), (b":status", b"200")], False),
+        ([(b":status", b"200"), (b":path", b"/")], False),
+        ([(b":status", b"200")], True),  # pseudo in trailers
+        ([*OK, (b"Upper", b"1")], False),
+        ([*OK, (b"", b"1")], False),
+        ([*OK, (b"a b", b"1")], False),
+        ([*OK, (b"connection", b"close")], False),
+        ([*OK, (b"transfer-encoding", b"chunked")], False),
+        ([*OK, (b"x", b"a\r\nb")], False),
+        ([*OK, (b"x", b"a\x00b")], False),
+        ([*OK, (b"x", b" lead")], False),
+        ([*OK, (b"x", b"trail\t")], False),
+        ([(b"x", b"a\nb")], True),
+    ],
+)
+def test_malformed_response_fields(fields, trailers) -> None:
+    assert malformed(fields, trailers=trailers) != ""
