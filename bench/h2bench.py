@@ -5,7 +5,7 @@ costs are not hidden behind a slow app. For each target and round: h2load's requ
 and mean request time, and the proxy's CPU microseconds per request (user + system, from
 /proc/PID/stat deltas over the run). A unary-style GET at `-c10 -m10` by default.
 
-    python bench/h2bench.py [--requests 20000] [--clients 10] [--streams 10] [--rounds 3]
+    python bench/h2bench.py [--requests 20000] [--clients 10] [--streams 10] [--rounds 3] [--gib]
 
 Needs h2load and nghttpd (apt-get install nghttp2-client nghttp2-server); HAProxy optional.
 """
@@ -84,12 +84,44 @@ def h2load(port: int, requests: int, clients: int, streams: int) -> tuple[float,
     return rate, mean_ms
 
 
+def gib_streams(proc: subprocess.Popen, port: int, upload: Path) -> str:
+    """1 GiB downloaded, then 1 GiB uploaded, on one stream each: the proxy's peak RSS growth
+    (sampled every 50 ms), which flow control keeps flat."""
+    before = peak = rss_kib(proc.pid)
+    lines = []
+    for label, extra in (("download", []), ("upload", ["-d", str(upload)])):
+        path = "/big" if label == "download" else "/hello"
+        started = time.monotonic()
+        run = subprocess.Popen(
+            ["h2load", "-n1", "-c1", *extra, f"http://127.0.0.1:{port}{path}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        while run.poll() is None:
+            peak = max(peak, rss_kib(proc.pid))
+            time.sleep(0.05)
+        assert "1 succeeded" in (run.stdout.read() if run.stdout else ""), label
+        lines.append(f"1 GiB {label} in {time.monotonic() - started:.1f} s")
+    lines.append(f"queueproxy RSS {before} KiB before, peak {peak} KiB (+{peak - before} KiB)")
+    return "; ".join(lines)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--streams", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--gib", action="store_true", help="also stream 1 GiB down and up through queueproxy"
+    )
     args = parser.parse_args()
     for tool in ("h2load", "nghttpd"):
         if shutil.which(tool) is None:
@@ -101,6 +133,11 @@ def main() -> int:
         docroot = Path(work) / "www"
         docroot.mkdir()
         (docroot / "hello").write_bytes(b"Hello World!\n")
+        if args.gib:
+            with open(docroot / "big", "wb") as big:
+                big.truncate(1 << 30)  # sparse: costs no disk
+            with open(Path(work) / "upload", "wb") as upload:
+                upload.truncate(1 << 30)
         app_port = free_port()
         procs.append(
             subprocess.Popen(
@@ -184,6 +221,8 @@ def main() -> int:
                 cpu = statistics.median(r[2] for r in runs)
                 cpu_text = f"{cpu:17.0f}" if name != "direct" else f"{'-':>17}"
                 print(f"{name:<12} {rate:9.0f} {mean_ms:8.2f} {cpu_text}")
+            if args.gib:
+                print(gib_streams(qp, qp_port, Path(work) / "upload"))
         finally:
             for proc in procs:
                 proc.terminate()
