@@ -9,9 +9,17 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import RequestReceived, StreamReset
+from h2.events import ConnectionTerminated, RequestReceived, StreamReset
+from h2.exceptions import ProtocolError
 
-from queueproxy.h2limits import PING_RATE, RESET_RATE, SETTINGS_RATE, FloodGuard, TokenBucket
+from queueproxy.h2limits import (
+    MAX_HEADER_LIST_SIZE,
+    PING_RATE,
+    RESET_RATE,
+    SETTINGS_RATE,
+    FloodGuard,
+    TokenBucket,
+)
 from queueproxy.h2server import _config, _Server
 from queueproxy.h2upstream import malformed
 from queueproxy.proxy import _valid_settings
@@ -186,3 +194,13 @@ def test_well_formed_response_and_trailers() -> None:
 )
 def test_malformed_response_fields(fields, trailers) -> None:
     assert malformed(fields, trailers=trailers) != ""
+
+
+def test_header_list_over_the_advertised_size_ends_the_connection() -> None:
+    client, server = _pair()
+    client.send_headers(1, [*BASE, (b"x-big", b"v" * (MAX_HEADER_LIST_SIZE + 1))])
+    with pytest.raises(ProtocolError):
+        server.receive_data(client.data_to_send())
+    # h2 sends GOAWAY: the HPACK state cannot be trusted after an aborted decode.
+    events = client.receive_data(server.data_to_send())
+    assert any(isinstance(e, ConnectionTerminated) for e in events)
