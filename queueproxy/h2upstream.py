@@ -11,7 +11,7 @@ this module only moves frames and reports events back through the stream's conne
 `upstream_ready`, `upstream_failed`, `response_head`, `response_data`, `response_end`,
 `upstream_reset`, `upstream_writable`.
 
-Flow control is the back-pressure (docs/http2.md#flow-control): DATA from the app is
+Flow control is the back-pressure (docs/http2.md#flow-control-is-the-back-pressure): DATA from the app is
 acknowledged (`ack`) by the client side only once it has been written towards the client, so a
 slow client holds at most one stream window (INITIAL_WINDOW) of the app's response here.
 """
