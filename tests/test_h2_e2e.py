@@ -572,3 +572,31 @@ async def test_probes_are_answered_on_http2_as_on_http1() -> None:
         response = await client.get(f"{sidecar.url}/", headers=bad)
         assert response.status_code == 400
     assert record.requests == []  # none of them reached the app
+
+
+async def test_streams_are_logged_and_counted_in_user_metrics() -> None:
+    template = "{{.Request.Method}} {{.Request.RequestURI}} {{.Request.Proto}} {{.Response.Code}}"
+    async with stack(
+        SERVING_ENABLE_REQUEST_LOG="true",
+        SERVING_REQUEST_LOG_TEMPLATE=template,
+        SERVING_REQUEST_METRICS_BACKEND="prometheus",
+    ) as (sidecar, _):
+        async with h2_client() as client:
+            responses = await asyncio.gather(*(client.get(f"{sidecar.url}/m{i}") for i in range(3)))
+        assert [r.status_code for r in responses] == [200] * 3
+        port = sidecar.port_of("QUEUEPROXY_USER_METRICS_PORT")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+        sidecar.terminate()
+        output = sidecar.output()
+    counts = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "revision_request_count"
+        for s in f.samples
+        if s.labels.get("response_code") == "200"
+    ]
+    assert counts == [3]
+    for index in range(3):
+        assert f"GET /m{index} HTTP/2.0 200" in output
