@@ -105,6 +105,15 @@ class _Server(H2Connection):
 
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
 
+    @property
+    def open_inbound_streams(self) -> int:
+        # h2 treats a stream over SETTINGS_MAX_CONCURRENT_STREAMS as a connection error; RFC
+        # 9113 §5.1.2 allows a stream error, which Go sends and `H2ServerConnection._request`
+        # sends too (REFUSED_STREAM). h2's own cap stays, at twice the limit, for peers that
+        # ignore the refusals. (The count also makes h2 forget closed streams: keep calling it.)
+        count = super().open_inbound_streams
+        return count if count >= 2 * MAX_CONCURRENT_STREAMS else 0
+
     def _receive_frame(self, frame: Frame) -> list[Any]:
         sid = frame.stream_id
         if type(frame) is HeadersFrame:
@@ -404,8 +413,12 @@ class H2ServerConnection(asyncio.Protocol):
     # -- Requests ------------------------------------------------------------------------------
 
     def _request(self, sid: int, fields: Headers, end_stream: bool) -> None:
-        if self.goaway_last >= 0 and sid > self.goaway_last:
+        refused = 0 <= self.goaway_last < sid
+        if refused or len(self.streams) >= MAX_CONCURRENT_STREAMS:
+            # Over the limit, or after our GOAWAY: refused, safe for the client to retry.
             self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            if not self.flood.reset(self.loop.time()):
+                self._calm()
             return
         method = target = authority = b""
         for name, value in fields:

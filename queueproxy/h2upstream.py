@@ -11,9 +11,10 @@ this module only moves frames and reports events back through the stream's conne
 `upstream_ready`, `upstream_failed`, `response_head`, `response_data`, `response_end`,
 `upstream_reset`, `upstream_writable`.
 
-Flow control is the back-pressure (docs/http2.md#flow-control-is-the-back-pressure): DATA from the app is
-acknowledged (`ack`) by the client side only once it has been written towards the client, so a
-slow client holds at most one stream window (INITIAL_WINDOW) of the app's response here.
+Flow control is the back-pressure (docs/http2.md#flow-control-is-the-back-pressure): DATA from
+the app is acknowledged (`ack`) by the client side only once it has been written towards the
+client, so a slow client holds at most one stream window (INITIAL_WINDOW) of the app's response
+here.
 """
 
 from __future__ import annotations

@@ -600,3 +600,24 @@ async def test_streams_are_logged_and_counted_in_user_metrics() -> None:
     assert counts == [3]
     for index in range(3):
         assert f"GET /m{index} HTTP/2.0 200" in output
+
+
+async def test_streams_over_the_concurrency_limit_are_refused_one_by_one() -> None:
+    async with stack() as (sidecar, record):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        await asyncio.to_thread(client.read, 1)
+        # This client ignores the server's limit of 250 (h2 would enforce it on our side).
+        client.h2.remote_settings.update({SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+        client.h2.remote_settings.acknowledge()
+        # Streams 1..509 stay open (no END_STREAM): the last five are over the 250 allowed.
+        for _ in range(255):
+            client.request("/open", end=False)
+        await asyncio.to_thread(
+            client.until,
+            lambda: sum(isinstance(e, StreamReset) for e in client.events) >= 5,
+        )
+        refused = [e for e in client.events if isinstance(e, StreamReset)]
+        assert [e.stream_id for e in refused] == [1 + 2 * i for i in range(250, 255)]
+        assert {e.error_code for e in refused} == {ErrorCodes.REFUSED_STREAM}
+        assert not any(isinstance(e, ConnectionTerminated) for e in client.events)
+        client.close()
