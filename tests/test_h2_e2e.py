@@ -19,6 +19,7 @@ import aiohttp
 import httpx
 import pytest
 import trustme
+from aiohttp import web
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -46,6 +47,7 @@ from tests.harness import (
     knative_env,
     rss_kib,
     running,
+    serve_app,
     start_sidecar,
     wait_for_port,
 )
@@ -337,11 +339,24 @@ async def test_a_client_reset_frees_the_slot_and_cancels_the_app_stream() -> Non
     assert record.resets == 1
 
 
-async def test_an_app_reset_resets_the_client_stream() -> None:
+async def test_an_app_reset_resets_the_client_stream_with_its_code() -> None:
+    async with stack() as (sidecar, _):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        sid = client.request("/reset?code=11")
+        await asyncio.to_thread(
+            client.until, lambda: any(isinstance(e, StreamReset) for e in client.events)
+        )
+        [reset] = [e for e in client.events if isinstance(e, StreamReset)]
+        assert (reset.stream_id, reset.error_code) == (sid, ErrorCodes.ENHANCE_YOUR_CALM)
+        other = client.request("/other")
+        assert await asyncio.to_thread(client.response, other) == (200, b"hello h2 /other")
+        client.close()
+
+
+async def test_the_revision_timeout_answers_504_on_that_stream_alone() -> None:
     async with stack(REVISION_TIMEOUT_SECONDS="1") as (sidecar, _):
         client = await asyncio.to_thread(RawH2(sidecar.port).start)
         sid = client.request("/hold")
-        # The revision timeout (1 s) answers 504 on that stream alone.
         status, body = await asyncio.to_thread(client.response, sid)
         assert (status, body) == (504, b"request timeout")
         other = client.request("/other")
@@ -621,3 +636,21 @@ async def test_streams_over_the_concurrency_limit_are_refused_one_by_one() -> No
         assert {e.error_code for e in refused} == {ErrorCodes.REFUSED_STREAM}
         assert not any(isinstance(e, ConnectionTerminated) for e in client.events)
         client.close()
+
+
+async def test_an_http1_only_app_answers_h2c_requests_with_502() -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="h1 only")
+
+    application = web.Application()
+    application.router.add_get("/", hello)
+    async with serve_app(application) as app_port:
+        env = knative_env(app_port, free_port())
+        sidecar = await asyncio.to_thread(start_sidecar, env)
+        with running(sidecar):
+            async with h2_client() as client:
+                response = await client.get(f"{sidecar.url}/")
+            async with aiohttp.ClientSession() as http, http.get(f"{sidecar.url}/") as h1:
+                assert (h1.status, await h1.text()) == (200, "h1 only")
+    # As behind Knative's Go binary: HTTP/2 in is h2c out, which this app cannot speak.
+    assert response.status_code == 502
