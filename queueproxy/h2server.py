@@ -26,8 +26,6 @@ import logging
 from time import monotonic
 from typing import Any
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -40,202 +38,38 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import InvalidBodyLengthError, ProtocolError, StreamClosedError
+from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import GoAwayFrame
 
 from queueproxy.breaker import Admission
-from queueproxy.h1 import valid_host
 from queueproxy.h2limits import (
     CONNECTION_WINDOW,
     INITIAL_WINDOW,
-    MAX_CLOSED_STREAMS,
     MAX_CONCURRENT_STREAMS,
     MAX_FRAME_SIZE,
     MAX_HEADER_LIST_SIZE,
     FloodGuard,
 )
+from queueproxy.h2stream import Headers, Stream, StrictServer, classify, forwardable, server_config
 from queueproxy.h2upstream import H2Upstream, H2UpstreamPool
 from queueproxy.http11 import DATE, HOP_BY_HOP
 from queueproxy.proxy import (
-    _IDEMPOTENCY_KEYS,
-    _STRIPPED_REQUEST,
     ACTIVE,
     CONNECTING,
     DONE,
     QUEUE_FULL_BODY,
     QUEUED,
-    WAITING,
     DataPath,
-    forwarded_value,
 )
 from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer
 
 log = logging.getLogger("queueproxy")
 
 
-def _no_log(*args: object, **kwargs: object) -> None:
-    pass
-
-
-# hpack logs every header field it encodes or decodes at debug level: some 50 calls per
-# exchange, a few per cent of our CPU even when debug is off, and field values (cookies,
-# tokens) when it is on. Its loggers' `debug` becomes a no-op.
-for _name in ("hpack.hpack", "hpack.table"):
-    logging.getLogger(_name).debug = _no_log  # type: ignore[method-assign]
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-Headers = list[tuple[bytes, bytes]]
-
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
-# Request fields the app must not get over HTTP/2 (RFC 9113 §8.2.2) besides Knative's own.
-_NOT_FORWARDED = HOP_BY_HOP | _STRIPPED_REQUEST - {b"content-length"}
-
-
-class _Server(H2Connection):
-    """h2's connection with malformed requests as stream errors.
-
-    h2 raises a connection error for a request with bad header fields or a body that disagrees
-    with its content-length; RFC 9113 §8.1.1 makes those stream errors (PROTOCOL_ERROR), which
-    lets the connection's other requests carry on. HPACK failures stay connection errors: the
-    header table can no longer be trusted.
-    """
-
-    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
-
-    @property
-    def open_inbound_streams(self) -> int:
-        # h2 treats a stream over SETTINGS_MAX_CONCURRENT_STREAMS as a connection error; RFC
-        # 9113 §5.1.2 allows a stream error, which Go sends and `H2ServerConnection._request`
-        # sends too (REFUSED_STREAM). h2's own cap stays, at twice the limit, for peers that
-        # ignore the refusals. (The count also makes h2 forget closed streams: keep calling it.)
-        count = super().open_inbound_streams
-        return count if count >= 2 * MAX_CONCURRENT_STREAMS else 0
-
-    def _receive_frame(self, frame: Frame) -> list[Any]:
-        sid = frame.stream_id
-        if type(frame) is HeadersFrame:
-            known = sid in self.streams
-            try:
-                return super()._receive_frame(frame)
-            except ProtocolError as error:
-                if known or sid not in self.streams or type(error) not in _STREAM_ERRORS:
-                    raise
-                return self._stream_error(sid)
-        if type(frame) is DataFrame:
-            try:
-                return super()._receive_frame(frame)
-            except InvalidBodyLengthError:
-                self.acknowledge_received_data(frame.flow_controlled_length, sid)
-                return self._stream_error(sid)
-        return super()._receive_frame(frame)
-
-    def _stream_error(self, sid: int) -> list[Any]:
-        try:
-            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
-        except (ProtocolError, StreamClosedError):
-            pass
-        return [
-            StreamReset(stream_id=sid, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
-        ]
-
-
-_STREAM_ERRORS = (ProtocolError, InvalidBodyLengthError)
-
-
-def _config() -> H2Configuration:
-    # Inbound validation is RFC 9113 §8's list of malformed requests, which we must enforce; our
-    # outbound headers are built from validated fields, so h2's outbound checks would only repeat.
-    return H2Configuration(
-        client_side=False,
-        header_encoding=None,
-        validate_inbound_headers=True,
-        normalize_inbound_headers=True,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-    )
-
-
-class Stream:
-    """One request on an HTTP/2 connection: `proxy.Exchange`'s interface, HTTP/2's state."""
-
-    __slots__ = (
-        "conn",
-        "sid",
-        "method",
-        "target",
-        "version",
-        "headers",
-        "user_agent",
-        "network_probe",
-        "proxied",
-        "keep_alive",
-        "body_chunked",
-        "request_length",
-        "state",
-        "has_slot",
-        "started_at",
-        "dispatched_at",
-        "status",
-        "response_started",
-        "response_bytes",
-        "counted",
-        "up_headers",
-        "upstream",
-        "upstream_id",
-        "request_done",
-        "request_sent",
-        "request_trailers",
-        "to_app",
-        "unacked",
-        "to_client",
-        "response_done",
-        "response_trailers",
-        "timer",
-    )
-
-    def __init__(self, conn: H2ServerConnection, sid: int, method: bytes, target: bytes) -> None:
-        self.conn = conn
-        self.sid = sid
-        self.method = method
-        self.target = target
-        self.version = b"2.0"
-        self.headers: Headers = []
-        self.user_agent = b""
-        self.network_probe: bytes | None = None
-        self.proxied = False
-        self.keep_alive = True
-        self.body_chunked = False
-        self.request_length = -1
-        self.state = WAITING
-        self.has_slot = False
-        self.started_at = 0.0
-        self.dispatched_at = 0.0
-        self.status = 0
-        self.response_started = False
-        self.response_bytes = 0
-        self.counted = False
-        self.up_headers: Headers = []
-        self.upstream: H2Upstream | None = None
-        self.upstream_id = 0
-        self.request_done = False
-        self.request_sent = False  # END_STREAM went to the app
-        self.request_trailers: Headers | None = None
-        self.to_app = bytearray()  # request body received, not yet sent to the app
-        self.unacked = 0  # request body sent to the app, not yet acknowledged to the client
-        self.to_client = bytearray()  # response body from the app, not yet sent to the client
-        self.response_done = False
-        self.response_trailers: Headers | None = None
-        self.timer: RequestTimer | None = None
-
-    def header(self, name: bytes) -> bytes | None:
-        """First value of a request header, by lower-case name."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
 
 
 def shared_pool(path: DataPath) -> H2UpstreamPool:
@@ -255,7 +89,7 @@ class H2ServerConnection(asyncio.Protocol):
         self.pool = shared_pool(path)
         self.client_ip = client_ip
         self.remote_addr = remote_addr
-        self.h2 = _Server(config=_config())
+        self.h2 = StrictServer(config=server_config())
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Stream] = {}
         self.flood = FloodGuard(self.loop.time())
@@ -395,7 +229,7 @@ class H2ServerConnection(asyncio.Protocol):
             elif kind is TrailersReceived:
                 stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
                 if stream is not None:
-                    stream.request_trailers = _forwardable(event.headers)  # type: ignore[attr-defined]
+                    stream.request_trailers = forwardable(event.headers)  # type: ignore[attr-defined]
             elif kind is PingReceived:
                 if not self.flood.ping(self.loop.time()):
                     return self._calm()
@@ -438,7 +272,7 @@ class H2ServerConnection(asyncio.Protocol):
             self.respond_locally(stream, 405, b"CONNECT is not served\n")
             return
         try:
-            self._classify(stream, fields, authority)
+            classify(stream, fields, authority, self.client_ip, self.path.upstream_host_header)
         except ValueError as error:
             self.respond_locally(stream, 400, str(error).encode() + b"\n")
             return
@@ -464,73 +298,6 @@ class H2ServerConnection(asyncio.Protocol):
             stream.state = QUEUED
         else:
             self.respond_locally(stream, 503, QUEUE_FULL_BODY)
-
-    def _classify(self, stream: Stream, fields: Headers, authority: bytes) -> None:
-        """Knative's request rules (`pkg/http/header.go`, the Forwarded shim, Go's
-        `httputil.ReverseProxy`) on HTTP/2 fields; builds what goes to the app."""
-        original_host = b""
-        xff: list[bytes] = []
-        xfp = xfh = b""
-        forwarded = False
-        seen_proxy_request = False
-        te_trailers = False
-        host = b""
-        regular: Headers = []
-        out: Headers = []
-        for name, value in fields:
-            if name[:1] == b":":
-                continue
-            regular.append((name, value))
-            if name in _NOT_FORWARDED:
-                if name == b"k-original-host" and not original_host:
-                    original_host = value
-                elif name == b"host" and not host:
-                    host = value
-                elif name == b"te":
-                    te_trailers = b"trailers" in value.lower()
-                continue
-            if name == b"user-agent":
-                if not stream.user_agent:
-                    stream.user_agent = value
-            elif name == b"k-network-probe":
-                if stream.network_probe is None:
-                    stream.network_probe = value
-            elif name == b"k-proxy-request":
-                if not seen_proxy_request:
-                    seen_proxy_request = True
-                    stream.proxied = value == b"activator"
-            elif name == b"x-forwarded-for":
-                xff.append(value)
-                continue
-            elif name == b"x-forwarded-proto":
-                xfp = value
-            elif name == b"x-forwarded-host":
-                xfh = value
-            elif name == b"forwarded":
-                forwarded = True
-            elif name == b"content-length":
-                if value.isdigit():
-                    stream.request_length = int(value)
-            elif name in _IDEMPOTENCY_KEYS:
-                pass
-            out.append((name, value))
-        stream.headers = regular
-        if original_host and not valid_host(original_host):
-            raise ValueError("Bad Request: invalid K-Original-Host header")
-        authority = original_host or authority or host or self.path.upstream_host_header
-        if not forwarded and (xff or xfp or xfh):
-            out.append((b"forwarded", forwarded_value(xff, xfp, xfh)))
-        xff.append(self.client_ip)
-        out.append((b"x-forwarded-for", b", ".join(xff)))
-        if te_trailers:
-            out.append((b"te", b"trailers"))
-        stream.up_headers = [
-            (b":method", stream.method),
-            (b":scheme", b"http"),
-            (b":authority", authority),
-            (b":path", stream.target),
-            *out,
-        ]
 
     def start_upstream(self, stream: Stream) -> None:
         """Called with a breaker slot (or for requests that skip the breaker)."""
@@ -683,7 +450,7 @@ class H2ServerConnection(asyncio.Protocol):
         if not pending and stream.response_done:
             trailers = stream.response_trailers
             if trailers:
-                h2.send_headers(sid, _forwardable(trailers), end_stream=True)
+                h2.send_headers(sid, forwardable(trailers), end_stream=True)
             else:
                 h2.end_stream(sid)
             self._finish(stream)
@@ -919,8 +686,3 @@ class H2ServerConnection(asyncio.Protocol):
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-
-def _forwardable(fields: Headers) -> Headers:
-    """Trailers without connection-specific or pseudo fields (RFC 9113 §8.1)."""
-    return [(n, v) for n, v in fields if n[:1] != b":" and n not in HOP_BY_HOP]

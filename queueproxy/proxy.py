@@ -27,7 +27,6 @@ an upstream connection is only dialled (one task) when the pool has none idle.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from time import monotonic
 from typing import Any, Protocol
@@ -50,6 +49,7 @@ from queueproxy.h1 import (
     skip_empty_lines,
     valid_host,
 )
+from queueproxy.h2detect import h2c_upgrade_settings, preface_state
 from queueproxy.http11 import (
     DATE,
     HIGH_WATER,
@@ -63,7 +63,6 @@ from queueproxy.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("queueproxy")
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 QUEUE_FULL_BODY = b"pending request queue full\n"
 # Bodies up to this size are kept until the first response byte, so an idempotent request that
 # met a keep-alive connection the app had just closed can be sent again on a fresh one.
@@ -324,11 +323,11 @@ class ClientConnection(asyncio.Protocol):
         """Look for HTTP/2's preface at the start of the connection (RFC 9113 §3.4), which may
         arrive split across reads. True when `data` was taken (held, or handed to HTTP/2)."""
         seen = bytes(self.buffer) + data if self.buffer else data
-        size = min(len(seen), len(H2_PREFACE))
-        if seen[:size] != H2_PREFACE[:size]:
+        state = preface_state(seen)
+        if state < 0:
             self.fresh = False
             return False
-        if size < len(H2_PREFACE):
+        if state == 0:
             self.buffer += data
             return True
         self.fresh = False
@@ -449,25 +448,16 @@ class ClientConnection(asyncio.Protocol):
         return end
 
     def _upgrade_h2c(self, request: RequestHead, data: bytes | bytearray, end: int) -> bool:
-        """Grant `Upgrade: h2c` (RFC 7540 §3.2; Go's `h2c.NewHandler` as Knative serves it):
-        101, then HTTP/2 with the request as stream 1. Declined (the request is served over
-        HTTP/1.1, RFC 9110 §7.8) for a request with a body, as HAProxy does, for one without
-        exactly one HTTP2-Settings named in Connection, and over TLS (h2c is cleartext only)."""
-        if (
-            request.version != b"1.1"
-            or request.framing != NO_BODY
-            or b"http2-settings" not in request.connection
-            or b"h2c" not in [p.strip(b" \t").lower() for p in request.upgrade.split(b",")]
-            or self.transport is None
-            or self.transport.get_extra_info("ssl_object") is not None
-        ):
+        """Grant `Upgrade: h2c` when `h2detect` says so: 101, then HTTP/2 with the request as
+        stream 1 and the bytes after it as HTTP/2's. False: serve it over HTTP/1.1."""
+        transport = self.transport
+        if transport is None or transport.get_extra_info("ssl_object") is not None:
             return False
-        settings = [v for n, v in request.headers if n.lower() == b"http2-settings"]
-        if len(settings) != 1 or not _valid_settings(settings[0]):
+        settings = h2c_upgrade_settings(request)
+        if settings is None:
             return False
         from queueproxy.h2server import H2ServerConnection
 
-        transport = self.transport
         rest = bytes(data[end:])
         self._detach()
         self.buffer = bytearray()
@@ -475,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
         )
         H2ServerConnection(self.path, self.client_ip, self.remote_addr).take_over_upgrade(
-            transport, settings[0], request.method, request.target, list(request.headers), rest
+            transport, settings, request.method, request.target, list(request.headers), rest
         )
         return True
 
@@ -1070,18 +1060,6 @@ class ClientConnection(asyncio.Protocol):
                 self._close()
             return
         exchange.keep_alive = False
-
-
-def _valid_settings(value: bytes) -> bool:
-    """An HTTP2-Settings value: base64url of whole 6-byte settings (RFC 7540 §3.2.1)."""
-    try:
-        raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
-    except ValueError:
-        return False
-    return len(raw) % 6 == 0 and value.translate(None, _BASE64URL) == b""
-
-
-_BASE64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_="
 
 
 def forwarded_value(xff: list[bytes], xfp: bytes, xfh: bytes) -> bytes:

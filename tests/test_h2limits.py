@@ -12,6 +12,8 @@ from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, RequestReceived, StreamReset
 from h2.exceptions import ProtocolError
 
+from queueproxy.h1 import parse_request_head
+from queueproxy.h2detect import PREFACE, h2c_upgrade_settings, preface_state, valid_settings
 from queueproxy.h2limits import (
     MAX_HEADER_LIST_SIZE,
     PING_RATE,
@@ -20,9 +22,8 @@ from queueproxy.h2limits import (
     FloodGuard,
     TokenBucket,
 )
-from queueproxy.h2server import _config, _Server
+from queueproxy.h2stream import StrictServer, server_config
 from queueproxy.h2upstream import malformed
-from queueproxy.proxy import _valid_settings
 
 
 def test_bucket_spends_its_burst_then_refills_at_its_rate() -> None:
@@ -80,7 +81,7 @@ def test_budgets_are_independent() -> None:
 # -- Malformed requests are stream errors (RFC 9113 §8.1.1), the connection lives on -------------
 
 
-def _pair() -> tuple[H2Connection, _Server]:
+def _pair() -> tuple[H2Connection, StrictServer]:
     client = H2Connection(
         H2Configuration(
             client_side=True,
@@ -89,7 +90,7 @@ def _pair() -> tuple[H2Connection, _Server]:
             normalize_outbound_headers=False,
         )
     )
-    server = _Server(config=_config())
+    server = StrictServer(config=server_config())
     server.initiate_connection()
     client.initiate_connection()
     server.receive_data(client.data_to_send())
@@ -146,17 +147,55 @@ def test_body_longer_than_content_length_resets_the_stream_and_returns_the_windo
     assert isinstance(server.receive_data(client.data_to_send())[0], RequestReceived)
 
 
-# -- HTTP2-Settings of an Upgrade: h2c ----------------------------------------------------------
+# -- Detection: the preface and Upgrade: h2c (h2detect) ----------------------------------------
+
+
+def test_preface_is_recognised_in_pieces_and_anything_else_is_http1() -> None:
+    assert preface_state(PREFACE) == 1
+    assert preface_state(PREFACE + b"\x00\x00") == 1
+    assert all(preface_state(PREFACE[:n]) == 0 for n in range(len(PREFACE)))
+    assert preface_state(b"POST / HTTP/1.1\r\n") == -1
+    assert preface_state(b"PRI * HTTP/2.0\r\n\r\nXX") == -1
+    assert preface_state(b"PRX") == -1
+
+
+SETTINGS = b"AAMAAABkAARAAAAAAAIAAAAA"
+
+
+def _head(*lines: str, method: str = "GET", version: str = "HTTP/1.1") -> bytes:
+    return "\r\n".join([f"{method} / {version}", "Host: x", *lines, "", ""]).encode()
+
+
+def test_h2c_upgrade_granted_only_by_the_rules() -> None:
+    granted = [
+        "Connection: Upgrade, HTTP2-Settings",
+        "Upgrade: h2c",
+        f"HTTP2-Settings: {SETTINGS.decode()}",
+    ]
+    assert h2c_upgrade_settings(parse_request_head(_head(*granted))) == SETTINGS
+    among_others = _head(granted[0], "Upgrade: websocket, H2C", granted[2])
+    assert h2c_upgrade_settings(parse_request_head(among_others)) == SETTINGS
+    declined = [
+        _head(*granted, "Content-Length: 5", method="POST"),  # a body
+        _head(*granted, "Transfer-Encoding: chunked", method="POST"),
+        _head("Connection: Upgrade", *granted[1:]),  # HTTP2-Settings not in Connection
+        _head(*granted, granted[2]),  # two of them
+        _head(*granted[:2], "HTTP2-Settings: not*base64"),
+        _head(*granted[:2]),  # none
+        _head(granted[0], "Upgrade: websocket", granted[2]),  # h2c not offered
+    ]
+    for head in declined:
+        assert h2c_upgrade_settings(parse_request_head(head)) is None, head
 
 
 def test_http2_settings_value() -> None:
     good = H2Connection(H2Configuration(client_side=True)).initiate_upgrade_connection()
-    assert good is not None and _valid_settings(good)
-    assert _valid_settings(b"")  # no settings at all is allowed
-    assert _valid_settings(b"AAMAAABkAARAAAAAAAIAAAAA")
-    assert not _valid_settings(b"!!")
-    assert not _valid_settings(base64.urlsafe_b64encode(b"12345"))  # not whole settings
-    assert not _valid_settings(b"AAMA+AB/")  # base64, not base64url
+    assert good is not None and valid_settings(good)
+    assert valid_settings(b"")  # no settings at all is allowed
+    assert valid_settings(b"AAMAAABkAARAAAAAAAIAAAAA")
+    assert not valid_settings(b"!!")
+    assert not valid_settings(base64.urlsafe_b64encode(b"12345"))  # not whole settings
+    assert not valid_settings(b"AAMA+AB/")  # base64, not base64url
 
 
 # -- The app's header blocks (h2upstream.malformed) ---------------------------------------------
