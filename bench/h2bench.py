@@ -75,13 +75,20 @@ def h2load(port: int, requests: int, clients: int, streams: int) -> tuple[float,
         text=True,
         check=True,
     ).stdout
+    return parse_h2load(out, requests)
+
+
+def parse_h2load(out: str, requests: int) -> tuple[float, float]:
+    """(requests per second, mean request time in ms) from h2load's report; every one of
+    `requests` must have succeeded (ValueError otherwise)."""
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    assert done and int(done[2]) == requests, out
-    rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)[1])  # type: ignore[index]
-    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
-    assert mean, out
-    mean_ms = float(mean[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean[2]]
-    return rate, mean_ms
+    if not done or int(done[2]) != requests:
+        raise ValueError(f"not all {requests} requests succeeded:\n{out}")
+    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b", out)
+    if not rate or not mean:
+        raise ValueError(f"unexpected h2load output:\n{out}")
+    return float(rate[1]), float(mean[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean[2]]
 
 
 def gib_streams(proc: subprocess.Popen, port: int, upload: Path) -> str:
