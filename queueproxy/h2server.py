@@ -51,7 +51,16 @@ from queueproxy.h2limits import (
     MAX_HEADER_LIST_SIZE,
     FloodGuard,
 )
-from queueproxy.h2stream import Headers, Stream, StrictServer, classify, forwardable, server_config
+from queueproxy.h2stream import (
+    Headers,
+    Stream,
+    StrictServer,
+    classify,
+    forwardable,
+    malformed_request,
+    server_config,
+    trailers_malformed,
+)
 from queueproxy.h2upstream import H2Upstream, H2UpstreamPool
 from queueproxy.http11 import DATE, HOP_BY_HOP
 from queueproxy.proxy import (
@@ -229,7 +238,11 @@ class H2ServerConnection(asyncio.Protocol):
             elif kind is TrailersReceived:
                 stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
                 if stream is not None:
-                    stream.request_trailers = forwardable(event.headers)  # type: ignore[attr-defined]
+                    trailers = event.headers  # type: ignore[attr-defined]
+                    if trailers_malformed(trailers):
+                        self._reset_stream(stream, ErrorCodes.PROTOCOL_ERROR)
+                    else:
+                        stream.request_trailers = trailers
             elif kind is PingReceived:
                 if not self.flood.ping(self.loop.time()):
                     return self._calm()
@@ -251,6 +264,13 @@ class H2ServerConnection(asyncio.Protocol):
         if refused or len(self.streams) >= MAX_CONCURRENT_STREAMS:
             # Over the limit, or after our GOAWAY: refused, safe for the client to retry.
             self._reset(sid, ErrorCodes.REFUSED_STREAM)
+            if not self.flood.reset(self.loop.time()):
+                self._calm()
+            return
+        reason = malformed_request(fields)
+        if reason:
+            # A stream error (RFC 9113 §8.1.1); it counts against the reset budget.
+            self._reset(sid, ErrorCodes.PROTOCOL_ERROR)
             if not self.flood.reset(self.loop.time()):
                 self._calm()
             return

@@ -76,6 +76,17 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 
+def bad_value(value: bytes) -> bool:
+    """NUL, CR or LF anywhere, or whitespace at either end (RFC 9113 §8.2.1)."""
+    return bool(value) and (
+        value[0] in (32, 9)
+        or value[-1] in (32, 9)
+        or b"\r" in value
+        or b"\n" in value
+        or b"\0" in value
+    )
+
+
 def malformed(fields: Headers, trailers: bool = False) -> str:
     """Why a response (or trailer) header block from the app is malformed (RFC 9113 §8.2.1,
     §8.3.2), or "" if it is not: one `:status` of three digits first (none in trailers),
@@ -93,13 +104,7 @@ def malformed(fields: Headers, trailers: bool = False) -> str:
             return f"invalid field name {name!r}"
         elif name in _CONNECTION_SPECIFIC:
             return f"connection-specific field {name!r}"
-        if value and (
-            value[0] in (32, 9)
-            or value[-1] in (32, 9)
-            or b"\r" in value
-            or b"\n" in value
-            or b"\0" in value
-        ):
+        if bad_value(value):
             return f"invalid value of {name!r}"
     if not trailers and not status:
         return "no :status"

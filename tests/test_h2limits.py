@@ -22,7 +22,7 @@ from queueproxy.h2limits import (
     FloodGuard,
     TokenBucket,
 )
-from queueproxy.h2stream import StrictServer, server_config
+from queueproxy.h2stream import StrictServer, malformed_request, server_config, trailers_malformed
 from queueproxy.h2upstream import malformed
 
 
@@ -102,24 +102,69 @@ def _pair() -> tuple[H2Connection, StrictServer]:
 BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        [*BASE, (b"connection", b"close")],
-        [*BASE, (b"transfer-encoding", b"chunked")],
-        [*BASE, (b"te", b"gzip")],
-        [*BASE, (b"Upper", b"1")],
-        [*BASE, (b"x", b"a\r\nb")],
-        [*BASE, (b":weird", b"1")],
-        [(b":method", b"GET"), (b":authority", b"x"), (b":path", b"/")],  # no :scheme
-        [*BASE[:3], (b"x", b"1"), BASE[3]],  # pseudo-header after a regular one
-        [*BASE, (b"content-length", b"abc")],
-    ],
-    ids=lambda h: repr(h[-1][0]),
-)
-def test_malformed_request_resets_its_stream_only(headers) -> None:
+MALFORMED = {
+    "connection": [*BASE, (b"connection", b"close")],
+    "transfer-encoding": [*BASE, (b"transfer-encoding", b"chunked")],
+    "keep-alive": [*BASE, (b"keep-alive", b"1")],
+    "upgrade": [*BASE, (b"upgrade", b"h2c")],
+    "te gzip": [*BASE, (b"te", b"gzip")],
+    "upper-case name": [*BASE, (b"Upper", b"1")],
+    "empty name": [*BASE, (b"", b"1")],
+    "space in name": [*BASE, (b"a b", b"1")],
+    "CRLF in value": [*BASE, (b"x", b"a\r\nb")],
+    "NUL in value": [*BASE, (b"x", b"a\x00b")],
+    "leading space": [*BASE, (b"x", b" a")],
+    "trailing tab": [*BASE, (b"x", b"a\t")],
+    "unknown pseudo": [*BASE, (b":weird", b"1")],
+    ":status in a request": [(b":status", b"200"), *BASE],
+    "no :scheme": [(b":method", b"GET"), (b":authority", b"x"), (b":path", b"/")],
+    "no :path": BASE[:3],
+    "empty :path": [*BASE[:3], (b":path", b"")],
+    "absolute :path": [*BASE[:3], (b":path", b"http://x/")],
+    "* not OPTIONS": [*BASE[:3], (b":path", b"*")],
+    "no :method": BASE[1:],
+    "repeated :method": [BASE[0], *BASE],
+    "repeated :path": [*BASE, BASE[3]],
+    "pseudo after regular": [*BASE[:3], (b"x", b"1"), BASE[3]],
+    "no authority or host": [*BASE[:2], BASE[3]],
+    "host differs": [*BASE, (b"host", b"y")],
+    "two hosts": [*BASE[:2], BASE[3], (b"host", b"x"), (b"host", b"x")],
+    "CONNECT with :path": [(b":method", b"CONNECT"), (b":authority", b"x:443"), BASE[3]],
+    "CONNECT without :authority": [(b":method", b"CONNECT")],
+}
+WELL_FORMED = {
+    "plain": BASE,
+    "host only": [*BASE[:2], BASE[3], (b"host", b"x")],
+    "host equals :authority": [*BASE, (b"host", b"x")],
+    "te trailers": [*BASE, (b"te", b"trailers"), (b"content-type", b"application/grpc")],
+    "OPTIONS *": [(b":method", b"OPTIONS"), BASE[1], BASE[2], (b":path", b"*")],
+    "CONNECT": [(b":method", b"CONNECT"), (b":authority", b"x:443")],
+    "empty value": [*BASE, (b"x", b"")],
+    "inner space": [*BASE, (b"x", b"a b")],
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_requests(name: str) -> None:
+    assert malformed_request(MALFORMED[name]) != ""
+
+
+@pytest.mark.parametrize("name", WELL_FORMED)
+def test_well_formed_requests(name: str) -> None:
+    assert malformed_request(WELL_FORMED[name]) == ""
+
+
+def test_request_trailers() -> None:
+    assert trailers_malformed([(b"x-checksum", b"abc")]) == ""
+    for bad in ([(b":path", b"/")], [(b"te", b"trailers")], [(b"X", b"1")], [(b"x", b"a\nb")]):
+        assert trailers_malformed(bad) != "", bad
+
+
+def test_an_invalid_content_length_resets_its_stream_only() -> None:
+    # h2 checks content-length itself (always) and raises a connection error: StrictServer
+    # makes it a stream error.
     client, server = _pair()
-    client.send_headers(1, headers, end_stream=True)
+    client.send_headers(1, [*BASE, (b"content-length", b"abc")], end_stream=True)
     events = server.receive_data(client.data_to_send())
     assert [type(e) for e in events] == [StreamReset]
     assert events[0].error_code == ErrorCodes.PROTOCOL_ERROR
