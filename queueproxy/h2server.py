@@ -538,11 +538,9 @@ class H2ServerConnection(asyncio.Protocol):
             self._reset_stream(stream, code)
 
     def _reset_received(self, event: Any) -> None:
-        if event.remote_reset:
-            if not self.flood.reset(self.loop.time()):
-                self._calm()
-                return
-        elif not self.flood.reset(self.loop.time()):  # our own reset of a malformed request
+        """The client's RST_STREAM, or (`remote_reset` false) `StrictServer`'s reset of a
+        malformed request: both count against the reset budget (rapid reset)."""
+        if not self.flood.reset(self.loop.time()):
             self._calm()
             return
         stream = self.streams.get(event.stream_id)
