@@ -2,7 +2,8 @@
 
 Paths: `/echo` answers the request body's length and SHA-256; `/slow?ms=N` answers after N ms;
 `/hold` never answers (until the client resets); `/big?n=N` streams N bytes of `x`;
-`/trailers` answers with trailers; `/reset?code=N` resets the stream; anything else
+`/trailers` answers with trailers; `/reset?code=N` resets the stream;
+`/early` sends 103 Early Hints first; anything else
 `hello h2 <path>`. A connection that does not begin with the HTTP/2 preface gets one HTTP/1.1
 answer, `hello h1`, and is closed. It records what it saw: requests (method, path, headers), the
 most streams in progress at once, and resets received.
@@ -136,6 +137,9 @@ class _AppConnection(asyncio.Protocol):
                 await self.send(sid, f"{len(body)} {digest}".encode())
             elif url.path == "/big":
                 await self.send(sid, b"x" * int(query["n"]))
+            elif url.path == "/early":
+                self.h2.send_headers(sid, [(b":status", b"103"), (b"link", b"</a.css>")])
+                await self.send(sid, b"after hints")
             elif url.path == "/reset":
                 self.h2.reset_stream(sid, int(query.get("code", "8")))
                 self.flush()

@@ -209,6 +209,18 @@ async def test_trailers_pass_through() -> None:
     assert [dict(t.headers) for t in trailers] == [{b"x-checksum": b"abc"}]
 
 
+async def test_early_hints_are_forwarded_before_the_response() -> None:
+    async with stack() as (sidecar, _):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        sid = client.request("/early")
+        assert await asyncio.to_thread(client.response, sid) == (200, b"after hints")
+        client.close()
+    kinds = [type(e).__name__ for e in client.events if getattr(e, "stream_id", 0) == sid]
+    assert kinds.index("InformationalResponseReceived") < kinds.index("ResponseReceived")
+    [hints] = [e for e in client.events if type(e).__name__ == "InformationalResponseReceived"]
+    assert dict(hints.headers) == {b":status": b"103", b"link": b"</a.css>"}
+
+
 def _upgrade(port: int, path: str, settings: bytes) -> tuple[bytes, RawH2]:
     client = RawH2(port)
     client.sock.sendall(
