@@ -666,3 +666,14 @@ async def test_an_http1_only_app_answers_h2c_requests_with_502() -> None:
                 assert (h1.status, await h1.text()) == (200, "h1 only")
     # As behind Knative's Go binary: HTTP/2 in is h2c out, which this app cannot speak.
     assert response.status_code == 502
+
+
+async def test_an_app_that_is_not_listening_is_a_502_with_gos_text() -> None:
+    app_port = free_port()  # nothing listens there
+    sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+    with running(sidecar):
+        async with h2_client() as client:
+            responses = await asyncio.gather(*(client.get(f"{sidecar.url}/{i}") for i in range(3)))
+    for response in responses:
+        assert response.status_code == 502
+        assert response.text == f"dial tcp 127.0.0.1:{app_port}: connect: connection refused\n"
