@@ -104,7 +104,7 @@ def malformed_request(fields: Headers) -> str:
 
     Pseudo-header fields first, each once, only `:method`, `:scheme`, `:path`, `:authority`;
     `:method` always, `:scheme` and a `:path` that is origin-form (or `*`) unless CONNECT;
-    `:authority` or `host`, equal when both are present; lower-case token names; no
+    `:authority` or `host`, a valid host, equal when both are present; lower-case token names; no
     connection-specific fields; `te` only as `trailers`; values without NUL, CR, LF or leading
     or trailing whitespace.
     """
@@ -157,6 +157,9 @@ def malformed_request(fields: Headers) -> str:
         return "invalid :path"
     if authority is None and host is None:
         return "no :authority or host"
+    if not valid_host(authority if authority is not None else host or b""):
+        # host [ ":" port ], no userinfo (RFC 9113 §8.3.1, RFC 9110 §7.2): the app gets it.
+        return "invalid :authority or host"
     if authority is not None and host is not None and authority != host:
         return ":authority and host differ"
     return ""

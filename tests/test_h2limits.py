@@ -128,12 +128,16 @@ MALFORMED = {
     "pseudo after regular": [*BASE[:3], (b"x", b"1"), BASE[3]],
     "no authority or host": [*BASE[:2], BASE[3]],
     "host differs": [*BASE, (b"host", b"y")],
+    "userinfo in :authority": [*BASE[:2], (b":authority", b"user@x"), BASE[3]],
+    "space in :authority": [*BASE[:2], (b":authority", b"a b"), BASE[3]],
+    "slash in host": [*BASE[:2], BASE[3], (b"host", b"a/b")],
     "two hosts": [*BASE[:2], BASE[3], (b"host", b"x"), (b"host", b"x")],
     "CONNECT with :path": [(b":method", b"CONNECT"), (b":authority", b"x:443"), BASE[3]],
     "CONNECT without :authority": [(b":method", b"CONNECT")],
 }
 WELL_FORMED = {
     "plain": BASE,
+    "IPv6 :authority": [*BASE[:2], (b":authority", b"[::1]:8012"), BASE[3]],
     "host only": [*BASE[:2], BASE[3], (b"host", b"x")],
     "host equals :authority": [*BASE, (b"host", b"x")],
     "te trailers": [*BASE, (b"te", b"trailers"), (b"content-type", b"application/grpc")],
