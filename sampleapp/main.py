@@ -97,4 +97,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"sampleapp: {error}", file=sys.stderr)
         return 1
+    if settings.protocol == "grpc":
+        try:
+            from sampleapp import grpcapp  # grpcio loads only in this mode
+        except ImportError as error:
+            print(
+                f"sampleapp: SAMPLEAPP_PROTOCOL=grpc needs grpcio ({error}): "
+                "pip install 'queueproxy[grpc]'",
+                file=sys.stderr,
+            )
+            return 1
+        return asyncio.run(grpcapp.serve(settings))
     return uvloop.run(serve(settings))
