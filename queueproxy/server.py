@@ -94,7 +94,12 @@ class Sidecar:
             self.breaker,
             config.observability.era,
         )
-        self.prober = Prober(config.readiness_probes, clock=loop.time, log=log)
+        self.prober = Prober(
+            config.readiness_probes,
+            clock=loop.time,
+            log=log,
+            http2_auto_detection=config.enable_http2_auto_detection,
+        )
         self.drainer = Drainer(config.drain_quiet_period, loop)
         self.data_path.responder = HealthResponder(
             self.prober.probe_future, self.drainer, self.observer.probe_answered
