@@ -210,7 +210,7 @@ def check_grpc_response(response: H2Response) -> None:
         raise H2ProbeError("gRPC health check reply without grpc-status")
     if grpc_status != "0":
         message = urllib.parse.unquote(response.header("grpc-message", trailers_too=True) or "")
-        name = grpcwire.GRPC_STATUS.get(int(grpc_status)) if grpc_status.isdigit() else None
+        name = _GRPC_STATUS_BY_TEXT.get(grpc_status)
         raise H2ProbeError(
             f"gRPC health check failed with grpc-status {_printable(grpc_status)}"
             + (f" ({name})" if name else "")
@@ -224,6 +224,9 @@ def check_grpc_response(response: H2Response) -> None:
         raise H2ProbeError(f"malformed gRPC health check reply: {error}") from None
     if status != grpcwire.SERVING:
         raise H2ProbeError(f"gRPC health check status {grpcwire.status_name(status)}")
+
+
+_GRPC_STATUS_BY_TEXT = {str(code): name for code, name in grpcwire.GRPC_STATUS.items()}
 
 
 def _printable(text: str, limit: int = 200) -> str:
