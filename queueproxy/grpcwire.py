@@ -35,6 +35,7 @@ GRPC_STATUS = dict(enumerate(
 ))  # fmt: skip
 PREFIX_LENGTH = 5
 _MAX_VARINT_BYTES = 10  # 64 bits, 7 per byte
+_MAX_FIELD_NUMBER = (1 << 29) - 1  # protobuf's limit: a tag is a uint32 of field << 3 | type
 _PREFIX = struct.Struct(">BI")
 
 
@@ -107,8 +108,8 @@ def decode_health_check_response(data: bytes) -> int:
     while offset < len(data):
         tag, offset = decode_varint(data, offset)
         field, wire_type = tag >> 3, tag & 7
-        if field == 0:
-            raise WireError("field number 0")
+        if not 1 <= field <= _MAX_FIELD_NUMBER:
+            raise WireError(f"field number {field} outside 1..{_MAX_FIELD_NUMBER}")
         if wire_type == 0:
             value, offset = decode_varint(data, offset)
             if field == 1:

@@ -37,6 +37,8 @@ MAX_GRPC_MESSAGE = 1024  # a HealthCheckResponse is 2 bytes; anything near this 
 MAX_RECEIVED = 256 * 1024  # every byte the app sends on one probe connection, frames included
 MAX_HEADER_LIST = 16 * 1024  # announced in our SETTINGS
 _READ_SIZE = 16 * 1024
+_FRAME_HEADER = 9
+_SETTINGS = 0x4
 
 
 class H2ProbeError(Exception):
@@ -114,11 +116,20 @@ async def h2c_exchange(
         writer.write(connection.data_to_send())
         response = H2Response()
         received = 0
+        head = b""
         try:
             while not response.ended and not response.truncated:
                 data = await reader.read(_READ_SIZE)
                 if not data:
                     raise H2ProbeError("connection closed before the response ended")
+                if received < _FRAME_HEADER:
+                    head += data[: _FRAME_HEADER - received]
+                    if len(head) == _FRAME_HEADER and head[3] != _SETTINGS:
+                        # RFC 9113 section 3.4: the server's preface starts with SETTINGS. An
+                        # HTTP/1-only app answers our preface with an HTTP/1 error instead: say
+                        # so now rather than wait for a "frame" of millions of bytes to fill up.
+                        answer = _printable(head.decode("latin-1"))
+                        raise H2ProbeError(f"not an HTTP/2 server: it answered {answer!r}")
                 received += len(data)
                 if received > max_received:
                     raise H2ProbeError(f"the app sent more than {max_received} bytes")
