@@ -518,3 +518,26 @@ def test_both_stages_build_from_one_slim_python_base() -> None:
     order, stages = _stages(ROOT / "Dockerfile")
     external = {stages[name][0] for name in order if stages[name][0] not in stages}
     assert external == {"${PYTHON_IMAGE}"}
+
+
+def _installs(stage: str, stages: dict) -> str:
+    return " ".join(
+        arguments
+        for keyword, arguments in _effective(stage, stages)
+        if keyword == "RUN" and "pip install" in arguments
+    )
+
+
+def test_only_the_sample_app_image_gets_the_grpc_extra() -> None:
+    # grpcio and protobuf serve the sample app's gRPC mode; the sidecar never imports them.
+    _, stages = _stages(ROOT / "Dockerfile")
+
+    def venv_from(target: str) -> str:
+        [copy] = [args for keyword, args in stages[target][1] if keyword == "COPY"]
+        assert copy.endswith("/opt/venv /opt/venv")
+        return copy.split("--from=")[1].split()[0]
+
+    assert '".[grpc]"' in _installs(venv_from("sampleapp"), stages)
+    sidecar_install = _installs(venv_from("queueproxy"), stages)
+    assert "pip install --no-cache-dir . " in sidecar_install
+    assert "[" not in sidecar_install
