@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m sampleapp.client", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--address", default="127.0.0.1:8013", help="host:port (127.0.0.1:8013)")
+    parser.add_argument(
+        "--authority", help="the :authority to send (an ingress routes by it); default: --address"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (30)")
     calls = parser.add_subparsers(dest="call", required=True)
     calls.add_parser("hello", help="Greeter/SayHello")
@@ -82,7 +85,8 @@ def run(options: argparse.Namespace, channel: grpc.Channel) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = _parser().parse_args(argv)
-    with grpc.insecure_channel(options.address) as channel:
+    channel_options = [("grpc.default_authority", options.authority)] if options.authority else []
+    with grpc.insecure_channel(options.address, options=channel_options) as channel:
         try:
             run(options, channel)
         except grpc.RpcError as error:
