@@ -349,3 +349,37 @@ def test_the_grpc_extra_requires_what_the_committed_stubs_check_for() -> None:
     assert grpc_stamp and protobuf_stamp
     assert _floor(extra, "grpcio") >= tuple(int(p) for p in grpc_stamp[1].split("."))
     assert _floor(extra, "protobuf") >= tuple(int(p) for p in protobuf_stamp[1].split("."))
+
+
+# --- python -m sampleapp.client -------------------------------------------------------------------
+
+
+def client(app: RunningApp, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sampleapp.client", "--address", f"127.0.0.1:{app.port}", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+
+
+def test_client_calls_each_rpc(app: RunningApp) -> None:
+    assert client(app, "hello").stdout == "Hello gRPC!\n"
+    assert client(app, "sleep", "10").stdout == "Hello gRPC!\n"
+    streamed = client(app, "stream", "--count", "2", "--interval", "50").stdout.splitlines()
+    assert [line.split()[0] for line in streamed] == ["0", "1"]
+    assert all(line.endswith("ms Hello gRPC!") for line in streamed)
+    assert client(app, "health").stdout == "SERVING\n"
+    try:
+        assert client(app, "ready", "0").stdout == "NOT_SERVING\n"
+        assert client(app, "health", "hello.Greeter").stdout == "NOT_SERVING\n"
+    finally:
+        assert client(app, "ready", "1").stdout == "SERVING\n"
+
+
+def test_client_reports_a_failed_call_and_exits_1(app: RunningApp) -> None:
+    done = client(app, "fail", "14", "try later", "--trailer", "retry-after=1")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == ["UNAVAILABLE: try later", "retry-after: 1"]
