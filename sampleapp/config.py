@@ -99,6 +99,8 @@ def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 def parser() -> argparse.ArgumentParser:
     result = _ArgumentParser(
         prog="sampleapp",
+        # No prefixes: `--prot` must stay an unknown flag, not quietly become `--protocol`.
+        allow_abbrev=False,
         description="Hello {TARGET}! with knobs for load tests (see the README). Every flag "
         "defaults to its environment variable, then to the value shown.",
     )
