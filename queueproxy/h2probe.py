@@ -110,7 +110,10 @@ async def h2c_exchange(
             (":path", path),
             *headers,
         ]
-        connection.send_headers(stream_id, request, end_stream=not body)
+        try:
+            connection.send_headers(stream_id, request, end_stream=not body)
+        except H2Error as error:  # a probe header HTTP/2 forbids (a pseudo-header, say)
+            raise H2ProbeError(f"request not valid in HTTP/2: {error}") from None
         if body:  # a probe's body is a few bytes, far inside the initial 64 KiB window
             connection.send_data(stream_id, body, end_stream=True)
         writer.write(connection.data_to_send())

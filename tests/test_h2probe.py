@@ -389,3 +389,24 @@ async def test_h2c_get_reads_the_status_and_stops_at_the_body_cap() -> None:
     async with raw_server(big_body) as port:
         status = await h2probe.h2c_get("127.0.0.1", port, "/healthz", [], timeout=5)
     assert status == 204
+
+
+async def test_a_probe_header_http2_forbids_fails_the_h2c_try_not_the_prober() -> None:
+    from queueproxy.config import ProbeSpec
+    from queueproxy.readiness import attempt
+
+    requests: list[bytes] = []
+
+    async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(http1) as port:
+        with pytest.raises(h2probe.H2ProbeError, match="not valid in HTTP/2"):
+            await h2probe.h2c_get("127.0.0.1", port, "/", [(":evil", "x")], timeout=2)
+        spec = ProbeSpec("http", "127.0.0.1", port, headers=((":evil", "x"),))
+        # Auto-detection: the h2c try fails on the header, HTTP/1.1 (where it is a plain field)
+        # carries it and decides.
+        assert await attempt(spec, 2.0, h2c_first=True) is None
+    assert requests and all(request.startswith(b"GET / HTTP/1.1") for request in requests)
