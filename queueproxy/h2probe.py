@@ -17,13 +17,14 @@ in queueproxy/grpcwire.py, not with grpcio: see there why.
 Bounded: the caller's timeout covers the whole exchange, and a connection that sends more than
 `MAX_RECEIVED` bytes in all (frames, headers, body) fails the probe, so no app can make a probe
 hold more than that, whatever it sends (CONTINUATION floods, endless DATA, huge headers).
-Kubelet sets SO_LINGER on its gRPC probe socket; we don't: a lingering close can block the
-event loop on Linux, and by the time we close, the exchange is over.
+Knative's prober sets SO_LINGER{1,1} on its gRPC probe socket; we don't: a lingering close can
+block the event loop on Linux, and by the time we close, the exchange is over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ async def grpc_probe(port: int, service: str, timeout: float, host: str = "127.0
         ("content-type", "application/grpc"),
         ("te", "trailers"),
         ("user-agent", PROBE_USER_AGENT),
-        ("grpc-timeout", f"{max(int(timeout * 1000), 1)}m"),
+        ("grpc-timeout", grpc_timeout(timeout)),
     ]
     body = grpcwire.frame(grpcwire.encode_health_check_request(service))
     async with asyncio.timeout(timeout):
@@ -208,6 +209,18 @@ async def grpc_probe(port: int, service: str, timeout: float, host: str = "127.0
             max_body=grpcwire.PREFIX_LENGTH + MAX_GRPC_MESSAGE,
         )
     check_grpc_response(response)
+
+
+def grpc_timeout(seconds: float) -> str:
+    """The `grpc-timeout` value for `seconds`: at most 8 digits and a unit (gRPC's
+    PROTOCOL-HTTP2.md), in milliseconds rounded up, or whole seconds when that is too long."""
+    milliseconds = max(math.ceil(seconds * 1000), 1)
+    if milliseconds <= _MAX_TIMEOUT_VALUE:
+        return f"{milliseconds}m"
+    return f"{min(math.ceil(seconds), _MAX_TIMEOUT_VALUE)}S"
+
+
+_MAX_TIMEOUT_VALUE = 99_999_999
 
 
 def check_grpc_response(response: H2Response) -> None:

@@ -410,3 +410,12 @@ async def test_a_probe_header_http2_forbids_fails_the_h2c_try_not_the_prober() -
         # carries it and decides.
         assert await attempt(spec, 2.0, h2c_first=True) is None
     assert requests and all(request.startswith(b"GET / HTTP/1.1") for request in requests)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "header"),
+    [(0.1, "100m"), (1, "1000m"), (0.0001, "1m"), (99_999.999, "99999999m"),
+     (100_000, "100000S"), (10**12, "99999999S")],
+)  # fmt: skip
+def test_grpc_timeout_has_at_most_eight_digits(seconds: float, header: str) -> None:
+    assert h2probe.grpc_timeout(seconds) == header
