@@ -46,6 +46,8 @@ MAX_TRAILERS = 32
 MAX_TRAILER_BYTES = 4096
 _TRAILER_KEY = re.compile(r"[0-9a-z_.-]+")
 _TRAILER_VALUE = re.compile(r"[\x20-\x7e]*")
+_FAILURE_CODES = {code.value[0]: code for code in grpc.StatusCode if code.value[0] != 0}
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class Greeter(hello_pb2_grpc.GreeterServicer):
@@ -81,13 +83,14 @@ class Greeter(hello_pb2_grpc.GreeterServicer):
     async def Fail(
         self, request: hello_pb2.FailRequest, context: grpc.aio.ServicerContext
     ) -> hello_pb2.HelloReply:
-        codes = {code.value[0]: code for code in grpc.StatusCode}
-        if request.code not in codes or request.code == 0:
+        if request.code not in _FAILURE_CODES:
             await _invalid(context, KnobError("code", str(request.code), "a gRPC status in 1..16"))
         trailers = _trailers(request.trailers)
         if isinstance(trailers, KnobError):
             await _invalid(context, trailers)
-        await context.abort(codes[request.code], request.message, trailing_metadata=trailers)
+        await context.abort(
+            _FAILURE_CODES[request.code], request.message, trailing_metadata=trailers
+        )
         raise AssertionError("abort() returns only by raising")
 
 
@@ -136,9 +139,6 @@ class HealthSwitch(hello_pb2_grpc.ReadinessServicer):
     ) -> hello_pb2.SetReadinessReply:
         self.readiness.switched_on = request.serving
         return hello_pb2.SetReadinessReply(status=await self.sync())
-
-
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def serve(settings: Settings) -> int:

@@ -228,11 +228,17 @@ def test_ready_after_keeps_health_not_serving_then_serving() -> None:
 def test_sigterm_lets_running_calls_finish_and_reports_not_serving() -> None:
     running = start_app(SAMPLEAPP_PROTOCOL="grpc", SHUTDOWN_GRACE_SECONDS="5")
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as opened:
+        watch = health_pb2_grpc.HealthStub(opened).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+        assert next(watch).status == SERVING
         slow = hello_pb2_grpc.GreeterStub(opened).Sleep.future(
             hello_pb2.SleepRequest(milliseconds=800), timeout=10
         )
         time.sleep(0.3)
         running.proc.send_signal(signal.SIGTERM)
+        assert next(watch).status == NOT_SERVING  # at once, while the slow call still runs
+        assert not slow.done()
         assert slow.result(timeout=10).message == "Hello World!"
     assert running.proc.wait(10) == 0
 
