@@ -25,11 +25,12 @@ from queueproxy.health import HealthResponder
 from queueproxy.http11 import DATE
 from queueproxy.logs import setup_logging
 from queueproxy.observer import RequestObserver
+from queueproxy.outcomes import Outcomes
 from queueproxy.proxy import DataPath
 from queueproxy.readiness import Prober
 from queueproxy.requestlog import LineWriter, RequestLogger
 from queueproxy.stats import RequestStats
-from queueproxy.statwire import StatSnapshot
+from queueproxy.statwire import TEXT_CONTENT_TYPE, StatSnapshot
 from queueproxy.timeouts import TimeoutRules
 from queueproxy.tls import CertificateWatcher, build_context, tls_enabled
 from queueproxy.usermetrics import UserMetrics, build_user_metrics
@@ -86,6 +87,7 @@ class Sidecar:
         )
         self.output = output
         self.user_metrics = self._build_user_metrics()
+        self.outcomes = Outcomes(time.monotonic, config.rejection_log_interval)
         self.data_path.observer = self.observer = RequestObserver(
             time.monotonic,
             self.stats,
@@ -93,6 +95,8 @@ class Sidecar:
             self._build_request_log(),
             self.breaker,
             config.observability.era,
+            self.outcomes,
+            log,
         )
         self.prober = Prober(config.readiness_probes, clock=loop.time, log=log)
         self.drainer = Drainer(config.drain_quiet_period, loop)
@@ -203,6 +207,8 @@ class Sidecar:
         reported_at = time.monotonic()
         self.snapshot.update(self.stats.report(reported_at), reported_at - self.started)
         DATE.refresh()
+        for line in self.outcomes.summaries():
+            self.log.warning(line)
         next_due = due + REPORTING_PERIOD
         if next_due <= now:  # the loop was blocked: skip, don't burst
             next_due = now + REPORTING_PERIOD
@@ -215,13 +221,27 @@ class Sidecar:
         if request.path != b"/metrics":
             return not_found(request)
         body, content_type = self.snapshot.body_for(request.headers.get(b"accept"))
+        if content_type == TEXT_CONTENT_TYPE:
+            body += self.our_metrics()
         return Response(200, body, content_type.encode())
 
     def user_metrics_endpoint(self, request: Request) -> Response:
         if request.path != b"/metrics" or request.method not in (b"GET", b"HEAD"):
             return not_found(request)
         assert self.user_metrics is not None
-        return Response(200, self.user_metrics.render(), self.user_metrics.content_type.encode())
+        body = self.user_metrics.render() + self.our_metrics()
+        return Response(200, body, self.user_metrics.content_type.encode())
+
+    def gauges(self) -> tuple[int, int, int, int]:
+        """(at the app, queued, CC, queue capacity) now, read from the breaker; without one
+        (CC = 0) every request in flight is at the app."""
+        breaker = self.breaker
+        if breaker is None:
+            return self.stats.concurrency, 0, 0, 0
+        return breaker.in_use, breaker.waiting, breaker.capacity, breaker.queue_depth
+
+    def our_metrics(self) -> bytes:
+        return self.outcomes.render(*self.gauges())
 
     def admin(self, request: Request) -> Response | asyncio.Future[Response]:
         if request.path != b"/wait-for-drain":
