@@ -28,7 +28,6 @@ from queueproxy.observer import RequestObserver
 from queueproxy.stats import RequestStats
 from queueproxy.usermetrics import build_user_metrics
 
-
 SETTINGS = ("without", "metrics", "watched")
 
 
