@@ -29,6 +29,9 @@ HISTORY_SECONDS = 300
 MAX_EVENTS = 30
 MAX_VIEWERS = 8
 MAX_TARGETS = 8  # distinct KPA targets modelled at once (least recently asked for dropped)
+# New targets replayed per tick at most: each replay is up to HISTORY_SECONDS model steps, and a
+# client asking for a new target per request must not turn that into unbounded work.
+MAX_REPLAYS_PER_TICK = 4
 SAMPLE_LIMIT = 4096  # latency samples kept (the newest)
 LATENCY_WINDOW = 60.0  # seconds of samples the quantiles cover
 WATCH_LINGER = 60.0  # a /live.json request keeps the page "watched" this long
@@ -81,6 +84,10 @@ class Point:
         ]
 
 
+class Busy(Exception):
+    """`MAX_REPLAYS_PER_TICK` new KPA targets were modelled in this tick already."""
+
+
 def parse_target(text: str) -> float | None:
     """The `target` query parameter: the `autoscaling.knative.dev/target` annotation this pod's
     KPA view assumes. Empty means none; raises ValueError outside `TARGET_RANGE`."""
@@ -116,6 +123,7 @@ class LiveState:
         self.samples: deque[tuple[float, float, float]] | None = None
         self._models: OrderedDict[float | None, tuple[KpaModel, Decision | None]] = OrderedDict()
         self._snapshots: dict[tuple[float | None, bool], str] = {}
+        self._replays = 0
 
     # -- Input ---------------------------------------------------------------------------------
 
@@ -140,6 +148,7 @@ class LiveState:
         self._events(previous, tick)
         self.last = tick
         self._snapshots.clear()
+        self._replays = 0
         if self.watched(tick.now):
             self._start_watching()
             for target, (model, _) in self._models.items():
@@ -200,9 +209,13 @@ class LiveState:
 
     def decision(self, target: float | None) -> Decision | None:
         """This pod alone through Knative's KPA with `target`; a model met for the first time
-        replays the history (at most `HISTORY_SECONDS` steps)."""
+        replays the history (at most `HISTORY_SECONDS` steps). Raises `Busy` past
+        `MAX_REPLAYS_PER_TICK` new targets in one tick."""
         entry = self._models.get(target)
         if entry is None:
+            if self._replays >= MAX_REPLAYS_PER_TICK:
+                raise Busy
+            self._replays += 1
             model = KpaModel(self.kpa_config(target))
             decision = None
             last = self.last
@@ -249,7 +262,11 @@ class LiveState:
         if tick is None:
             return {"state": "starting"}
         config = self.kpa_config(target)
-        decision = self.decision(target)
+        try:
+            kpa = _kpa_view(config, target, self.decision(target))
+        except Busy:
+            why = "too many new targets this second: ask again in a second"
+            kpa = _kpa_view(config, target, None) | {"why": why}
         report = tick.report
         period = self.reporting_period
         data: dict[str, object] = {
@@ -272,7 +289,7 @@ class LiveState:
             "rejected": tick.rejected,
             "latency": self.latency(tick.now),
             "events": [{"time": round(t, 3), "text": text} for t, text in self.events],
-            "kpa": _kpa_view(config, target, decision),
+            "kpa": kpa,
             "point": self.history[-1].row() if self.history else None,
         }
         if history:

@@ -14,11 +14,13 @@ from queueproxy.live import (
     DRAINING,
     HISTORY_SECONDS,
     LATENCY_WINDOW,
+    MAX_REPLAYS_PER_TICK,
     MAX_TARGETS,
     MAX_VIEWERS,
     NOT_READY,
     READY,
     WATCH_LINGER,
+    Busy,
     LiveFeed,
     LiveState,
     Tick,
@@ -167,13 +169,22 @@ def test_a_new_target_replays_the_history() -> None:
     assert decision.desired_pods == 3  # 20 / 7
 
 
-def test_kpa_models_are_bounded() -> None:
+def test_kpa_models_and_replays_are_bounded() -> None:
     state, _ = make_state(cc=0)
     state.viewers = 1
     state.record(tick(0, concurrency=1.0))
-    for index in range(MAX_TARGETS + 5):
-        state.decision(float(index + 1))
+    asked = 0
+    for second in range(1, 6):
+        state.record(tick(second, concurrency=1.0))
+        for _ in range(MAX_REPLAYS_PER_TICK):
+            asked += 1
+            state.decision(float(asked))
+        with pytest.raises(Busy):  # a new target per request cannot make a tick unbounded
+            state.decision(1000.0 + second)
+        state.decision(float(asked))  # a known target is still answered
     assert len(state._models) == MAX_TARGETS
+    view = json.loads(state.snapshot(5000.0, history=False))["kpa"]
+    assert view["valid"] is False and "too many new targets" in view["why"]
 
 
 def test_snapshot_has_history_only_when_asked_and_is_built_once_per_tick() -> None:
