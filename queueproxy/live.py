@@ -180,6 +180,10 @@ class LiveState:
         self.watched_until = now + WATCH_LINGER
         self._start_watching()
 
+    def watch(self) -> None:
+        """Start the watched-only parts now (a viewer arrived), not at the next tick."""
+        self._start_watching()
+
     def _start_watching(self) -> None:
         if self.samples is None:
             self.samples = deque(maxlen=SAMPLE_LIMIT)
@@ -337,8 +341,7 @@ class LiveFeed:
         self.viewers[writer] = target
         self.state.viewers = len(self.viewers)
         writer.on_close = lambda: self._detach(writer)
-        if self.state.last is not None:
-            self.state._start_watching()
+        self.state.watch()
         # `retry`: EventSource reconnects after a second when the stream is cut.
         writer.write(b"retry: 1000\n" + _event(self.state.snapshot(target, history=True)))
 
