@@ -126,6 +126,7 @@ def main() -> None:
             f"http://127.0.0.1:{port}/",
             f"  curl http://127.0.0.1:{metrics}/metrics   # the autoscaler's view",
             f"  curl http://127.0.0.1:{user}/metrics   # request metrics (Prometheus)",
+            f"  http://127.0.0.1:{options.admin_port}/live   # the live page, in a browser",
             "Ctrl-C stops both.",
         ]
         print("\n" + "\n".join(lines), flush=True)
