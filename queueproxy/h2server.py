@@ -63,6 +63,14 @@ from queueproxy.h2stream import (
 )
 from queueproxy.h2upstream import H2Upstream, H2UpstreamPool
 from queueproxy.http11 import DATE, HOP_BY_HOP
+from queueproxy.outcomes import (
+    BAD_REQUEST,
+    CUT,
+    QUEUE_FULL,
+    TIMEOUT,
+    UPSTREAM_RESET,
+    upstream_failure_reason,
+)
 from queueproxy.proxy import (
     ACTIVE,
     CONNECTING,
@@ -270,6 +278,7 @@ class H2ServerConnection(asyncio.Protocol):
         reason = malformed_request(fields)
         if reason:
             # A stream error (RFC 9113 §8.1.1); it counts against the reset budget.
+            self.rejected(BAD_REQUEST, CUT, reason.encode())
             self._reset(sid, ErrorCodes.PROTOCOL_ERROR)
             if not self.flood.reset(self.loop.time()):
                 self._calm()
@@ -289,11 +298,13 @@ class H2ServerConnection(asyncio.Protocol):
         self.streams[sid] = stream
         stream.started_at = monotonic()
         if method == b"CONNECT":
+            self.rejected(BAD_REQUEST, 405, b"CONNECT is not served")
             self.respond_locally(stream, 405, b"CONNECT is not served\n")
             return
         try:
             classify(stream, fields, authority, self.client_ip, self.path.upstream_host_header)
         except ValueError as error:
+            self.rejected(BAD_REQUEST, 400, str(error).encode())
             self.respond_locally(stream, 400, str(error).encode() + b"\n")
             return
         path = self.path
@@ -317,6 +328,7 @@ class H2ServerConnection(asyncio.Protocol):
         elif admission is Admission.QUEUED:
             stream.state = QUEUED
         else:
+            self.rejected(QUEUE_FULL, 503, QUEUE_FULL_BODY)
             self.respond_locally(stream, 503, QUEUE_FULL_BODY)
 
     def start_upstream(self, stream: Stream) -> None:
@@ -518,6 +530,13 @@ class H2ServerConnection(asyncio.Protocol):
             self._pump_response(stream)
         self.flush_soon()
 
+    def rejected(self, reason: str, status: int, detail: bytes) -> None:
+        """Report an answer the sidecar gives itself (`proxy.Observer.rejected`); a reset
+        stream counts as a cut (status 0)."""
+        observer = self.path.observer
+        if observer is not None:
+            observer.rejected(reason, status, detail)
+
     # -- Errors and resets ---------------------------------------------------------------------
 
     def upstream_failed(self, stream: Stream, error: str) -> None:
@@ -526,6 +545,8 @@ class H2ServerConnection(asyncio.Protocol):
         stream.upstream = None
         if stream.state == DONE:
             return
+        reason = upstream_failure_reason(error)
+        self.rejected(reason, CUT if stream.response_started else 502, error.encode())
         if stream.response_started:
             self._reset_stream(stream, ErrorCodes.INTERNAL_ERROR)
         else:
@@ -535,6 +556,7 @@ class H2ServerConnection(asyncio.Protocol):
         """The app reset its stream: so is the client's (gRPC reads the code)."""
         stream.upstream = None
         if stream.state != DONE:
+            self.rejected(UPSTREAM_RESET, CUT, b"stream reset by the app: %d" % code)
             self._reset_stream(stream, code)
 
     def _reset_received(self, event: Any) -> None:
@@ -648,6 +670,7 @@ class H2ServerConnection(asyncio.Protocol):
         self.flush()
 
     def _timed_out(self, stream: Stream) -> None:
+        self.rejected(TIMEOUT, CUT if stream.response_started else TIMEOUT_STATUS, TIMEOUT_BODY)
         if not stream.response_started:
             self.respond_locally(stream, TIMEOUT_STATUS, TIMEOUT_BODY)
             return

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from queueproxy.outcomes import BAD_REQUEST, DRAINING
 from queueproxy.proxy import DONE, ClientConnection, Exchange
 
 HEALTH_CHECK_AGENTS = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
@@ -95,6 +96,8 @@ class HealthResponder:
         body: bytes,
         headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
+        if status == 400 or body == SHUTTING_DOWN:
+            conn.rejected(BAD_REQUEST if status == 400 else DRAINING, status, body)
         conn.respond_locally(exchange, status, body, headers)
         if self.on_probe is not None:
             self.on_probe(exchange)
