@@ -11,8 +11,6 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
-
 from tests.harness import ROOT, free_port
 
 
@@ -144,11 +142,6 @@ def test_local_pod_in_grpc_mode_probes_the_app_over_grpc_health() -> None:
         assert _stop(proc) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the sidecar's h2c forwarding (issue 10, the data-path branch): remove this "
-    "marker when it lands",
-)
 def test_local_pod_in_grpc_mode_answers_the_printed_client_command_through_the_sidecar() -> None:
     ports = {name: free_port() for name in ("port", "app", "admin", "metrics", "user")}
     proc, _, printed = _start(
