@@ -186,6 +186,17 @@ def test_serving_passes() -> None:
         ({"trailers": [("grpc-status", "9" * 5000)]}, "grpc-status 999"),
         # Trailers-Only: the status comes in the headers and there is no body.
         ({"headers": [("grpc-status", "14")], "trailers": [], "body": b""}, "(UNAVAILABLE)"),
+        # An OK in the headers of a reply that goes on with a body is no status (grpc-go: "server
+        # closed the stream without sending trailers"); the trailers' own status decides.
+        (
+            {"headers": [("grpc-status", "0")], "trailers": []},
+            "without grpc-status (the stream ended without trailers)",
+        ),
+        ({"headers": [("grpc-status", "0")], "trailers": [("x", "y")]}, "without grpc-status"),
+        (
+            {"headers": [("grpc-status", "0")], "trailers": [("grpc-status", "14")]},
+            "(UNAVAILABLE)",
+        ),
     ],
 )
 def test_everything_but_serving_fails_with_its_reason(fields: dict, reason: str) -> None:
@@ -349,11 +360,14 @@ def _reset() -> bytes:
          r"\(UNIMPLEMENTED\)"),
         (_once(_headers_frame([(":status", "200")], True)), "without grpc-status"),
         (_once(_headers_frame([(b":status", b"200"), (b"x", b"\xff\xfe")], True)), "grpc-status"),
+        (_once(_headers_frame([(":status", "200"), ("grpc-status", "0")])
+               + _data_frame(grpcwire.frame(b"\x08\x01"), end_stream=True)),
+         "ended without trailers"),
     ],
     ids=[
         "ping-flood", "data-flood", "continuation-flood", "http1-answer", "closed", "reset",
         "goaway", "bad-status", "not-serving", "garbage-message", "trailers-only",
-        "no-grpc-status", "odd-header-bytes",
+        "no-grpc-status", "odd-header-bytes", "ok-in-headers-serving-body-no-trailers",
     ],
 )  # fmt: skip
 async def test_hostile_replies_fail_the_probe_with_their_reason(
