@@ -291,7 +291,7 @@ class Sidecar:
         try:
             target = parse_target(query.get("target", [""])[-1])
         except ValueError as error:
-            return Response(400, f"target: {error}\n".encode())
+            return Response(400, f"{error}\n".encode())
         if request.path == b"/live.json":
             self.live.asked(time.monotonic())
             body = self.live.snapshot(target, history=True).encode()
