@@ -87,6 +87,8 @@ _unknown_field = st.one_of(
     st.tuples(st.integers(2, 1000), st.just(1), st.binary(min_size=8, max_size=8)),
     st.tuples(st.integers(2, 1000), st.just(2), st.binary(max_size=40)),
     st.tuples(st.integers(2, 1000), st.just(5), st.binary(min_size=4, max_size=4)),
+    # Field 1 itself in the length-delimited wire type (what a packed status would look like).
+    st.tuples(st.just(1), st.just(2), st.binary(max_size=12)),
 )
 
 
@@ -101,7 +103,7 @@ def _encode_field(field: int, wire_type: int, value: int | bytes) -> bytes:
     return tag + value
 
 
-@given(st.lists(_unknown_field, max_size=6), st.lists(st.integers(0, 3), max_size=3))
+@given(st.lists(_unknown_field, max_size=6), st.lists(st.integers(0, 2**64 - 1), max_size=3))
 def test_unknown_fields_are_skipped_and_the_last_status_wins(
     unknown: list[tuple[int, int, int | bytes]], statuses: list[int]
 ) -> None:
@@ -123,6 +125,31 @@ def test_garbage_never_decodes_to_something_protobuf_disagrees_with(wire: bytes)
     except DecodeError:
         pytest.fail(f"we decoded {wire!r} as {ours}, protobuf refuses it")
     assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    "value", [2**32 + 1, 2**33 + 2, 2**63 + 1, 2**64 - 1, 2**31, 2**32 - 1, 2**35 + 3]
+)
+def test_a_status_varint_past_32_bits_decodes_as_protobuf_does(value: int) -> None:
+    # An int32 enum keeps the low 32 bits: 2**32 + 1 is SERVING to protobuf and to grpc-go.
+    wire = b"\x08" + grpcwire.encode_varint(value)
+    assert grpcwire.decode_health_check_response(wire) == (
+        health_pb2.HealthCheckResponse.FromString(wire).status
+    )
+
+
+@pytest.mark.parametrize("values", [[1], [2, 1], [2**32 + 1], [0, 1, 1]])
+def test_a_packed_status_is_an_unknown_field_as_protobuf_takes_it(values: list[int]) -> None:
+    # `status` is singular: a length-delimited field 1 is not a packed value to protobuf (the
+    # oracle answers UNKNOWN), so SERVING packed must not pass the probe.
+    body = b"".join(grpcwire.encode_varint(value) for value in values)
+    wire = b"\x0a" + grpcwire.encode_varint(len(body)) + body
+    expected = health_pb2.HealthCheckResponse.FromString(wire).status
+    assert grpcwire.decode_health_check_response(wire) == expected == 0
+    # And before or after a plain status, the plain one decides.
+    for both in (wire + b"\x08\x02", b"\x08\x02" + wire):
+        assert grpcwire.decode_health_check_response(both) == 2
+        assert health_pb2.HealthCheckResponse.FromString(both).status == 2
 
 
 @pytest.mark.parametrize(
