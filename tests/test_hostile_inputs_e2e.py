@@ -1,18 +1,22 @@
-"""Inputs the authors of our gauges and rejection reasons did not write, against a real sidecar:
-clients that leave while queued or at the app (every way a TCP client can leave), and bad
-requests that carry the client's own bytes, which must never reach our log lines."""
+"""Inputs the authors of our gauges, rejection reasons and live page did not write, against a real
+sidecar: clients that leave while queued or at the app (every way a TCP client can leave), bad
+requests that carry the client's own bytes (which must never reach our log lines), and live-page
+viewers that pipeline a drain, half-close, speak HTTP/1.0 or never read while the pod shuts down."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import socket
 import struct
+import time
 
 import aiohttp
 import pytest
 
-from tests.harness import until
+from tests.harness import free_port, knative_env, raw_exchange, running, start_sidecar, until
 from tests.test_outcomes_e2e import ours, scrape, stack
 
 pytestmark = pytest.mark.timeout(60)
@@ -116,3 +120,56 @@ async def test_rejection_log_lines_carry_none_of_the_clients_bytes() -> None:
     assert marker.lower() not in output.lower(), [
         line["message"] for line in answered if marker.lower() in line["message"].lower()
     ]
+
+
+def _stream(port: int, request: bytes) -> socket.socket:
+    sock = _send(port, request)
+    have = b""
+    while b"\n\n" not in have:
+        chunk = sock.recv(65536)
+        assert chunk, have
+        have += chunk
+    assert have.split(b"\r\n", 1)[0].endswith(b" 200 OK"), have[:100]
+    return sock
+
+
+def test_live_viewers_can_neither_pipeline_a_drain_nor_hold_up_shutdown() -> None:
+    env = knative_env(
+        free_port(),
+        free_port(),
+        CONTAINER_CONCURRENCY="2",
+        QUEUEPROXY_LIVE="1",
+        QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS="1",
+    )
+    with running(start_sidecar(env)) as sidecar:
+        admin = sidecar.port_of("QUEUEPROXY_ADMIN_PORT")
+        time.sleep(1.1)
+        # A /wait-for-drain pipelined behind an event stream is never read: no drain starts.
+        drainer = _stream(
+            admin,
+            b"GET /live/events HTTP/1.1\r\nHost: p\r\n\r\n"
+            b"GET /wait-for-drain HTTP/1.1\r\nHost: p\r\n\r\n",
+        )
+        viewers = [drainer]
+        viewers.append(_stream(admin, b"GET /live/events HTTP/1.0\r\n\r\n"))
+        half_closed = _stream(admin, b"GET /live/events?target=2 HTTP/1.1\r\nHost: p\r\n\r\n")
+        half_closed.shutdown(socket.SHUT_WR)
+        viewers.append(half_closed)
+        time.sleep(1.5)  # a tick or two: a drain would show
+        answer = raw_exchange(
+            admin, b"GET /live.json HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
+        )
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["state"] != "draining"
+        drainer.settimeout(0.5)
+        seen = b""
+        with contextlib.suppress(TimeoutError):
+            while len(seen) < 200_000:
+                seen += drainer.recv(65536)
+        assert b"HTTP/1.1 200 OK\r\nContent-Length" not in seen  # no second answer
+        # SIGTERM with viewers attached (one never reading): out after the quiet period.
+        started = time.monotonic()
+        sidecar.proc.send_signal(signal.SIGTERM)
+        assert sidecar.proc.wait(10) == 0
+        assert time.monotonic() - started < 5
+        for sock in viewers:
+            sock.close()
