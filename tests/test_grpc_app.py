@@ -416,3 +416,31 @@ def test_client_reports_a_failed_call_and_exits_1(app: RunningApp) -> None:
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.splitlines() == ["UNAVAILABLE: try later", "retry-after: 1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("stream", "--count", "-1"), "--count"),
+        (("stream", "--count", str(2**32)), "--count"),
+        (("fail", "-1"), "code"),
+        (("--timeout", "nan", "hello"), "--timeout"),
+        (("--timeout", "-1", "hello"), "--timeout"),
+        (("--timeout", "0", "hello"), "--timeout"),
+    ],
+)
+def test_client_refuses_arguments_out_of_range_with_a_usage_error(
+    args: tuple[str, ...], named: str
+) -> None:
+    # Refused before any call (nothing listens on port 1): exit 2 naming the argument; it was a
+    # protobuf traceback (uint32 fields) or a DEADLINE_EXCEEDED without a call (timeouts).
+    done = subprocess.run(
+        [sys.executable, "-m", "sampleapp.client", "--address", "127.0.0.1:1", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"argument {named}" in done.stderr
