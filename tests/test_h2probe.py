@@ -447,10 +447,11 @@ async def test_a_probe_header_http2_forbids_fails_the_h2c_try_not_the_prober() -
         with pytest.raises(h2probe.H2ProbeError, match="not valid in HTTP/2"):
             await h2probe.h2c_get("127.0.0.1", port, "/", [(":evil", "x")], timeout=2)
         spec = ProbeSpec("http", "127.0.0.1", port, headers=((":evil", "x"),))
-        # Auto-detection: the h2c try fails on the header, HTTP/1.1 (where it is a plain field)
-        # carries it and decides.
-        assert await attempt(spec, 2.0, h2c_first=True) is None
-    assert requests and all(request.startswith(b"GET / HTTP/1.1") for request in requests)
+        # The prober checks its headers first: ":evil" is no token (RFC 9110 section 5.1), so
+        # neither try sends it (Go's client refuses it too); the probe fails with that reason.
+        reason = await attempt(spec, 2.0, h2c_first=True)
+    assert reason is not None and "invalid header field name ':evil'" in reason
+    assert requests == []
 
 
 @pytest.mark.parametrize(
