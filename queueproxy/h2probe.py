@@ -139,7 +139,8 @@ async def h2c_exchange(
             connection.close_connection()
             writer.write(connection.data_to_send())
         except H2Error as error:
-            raise H2ProbeError(f"HTTP/2 protocol error: {error}") from None
+            # h2's text can quote what the app sent (a whole header value): cut it to size.
+            raise H2ProbeError(f"HTTP/2 protocol error: {_printable(str(error))}") from None
         return response
     finally:
         writer.close()

@@ -406,6 +406,18 @@ async def test_hostile_replies_fail_the_probe_with_their_reason(
     assert re.search(reason, str(raised.value)), raised.value
 
 
+async def test_the_apps_bytes_quoted_in_a_protocol_error_are_cut_to_size() -> None:
+    # h2 quotes an invalid header value whole: a hostile app must not fill our log line with it.
+    value = b" \x1b[31m" + b"y" * 12_000 + b" "
+    handler = _once(_headers_frame([(b":status", b"200"), (b"x", value)]))
+    async with raw_server(handler) as port:
+        with pytest.raises(h2probe.H2ProbeError) as raised:
+            await h2probe.grpc_probe(port, "", timeout=5)
+    reason = str(raised.value)
+    assert reason.startswith("HTTP/2 protocol error: ") and len(reason) < 400
+    assert "\x1b" not in reason
+
+
 async def test_a_silent_server_times_out() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(65536)
