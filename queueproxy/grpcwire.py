@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import struct
 
+from queueproxy.statwire import WireError, decode_varint, encode_varint
+
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 SERVING = 1
@@ -35,13 +37,8 @@ GRPC_STATUS = dict(enumerate(
     "INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED".split()
 ))  # fmt: skip
 PREFIX_LENGTH = 5
-_MAX_VARINT_BYTES = 10  # 64 bits, 7 per byte
 _MAX_FIELD_NUMBER = (1 << 29) - 1  # protobuf's limit: a tag is a uint32 of field << 3 | type
 _PREFIX = struct.Struct(">BI")
-
-
-class WireError(ValueError):
-    """Bytes that are not a well-formed gRPC message or protobuf encoding; says what is wrong."""
 
 
 def frame(message: bytes) -> bytes:
@@ -68,30 +65,6 @@ def unframe(data: bytes, max_message: int) -> bytes:
             f"gRPC message prefix says {length} bytes, the body holds {len(data) - PREFIX_LENGTH}"
         )
     return data[PREFIX_LENGTH:]
-
-
-def encode_varint(value: int) -> bytes:
-    if value < 0:
-        raise ValueError("only unsigned varints are encoded here")
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def decode_varint(data: bytes, offset: int) -> tuple[int, int]:
-    """(value, offset after it); WireError if truncated or longer than 10 bytes."""
-    value = 0
-    for index in range(_MAX_VARINT_BYTES):
-        if offset + index >= len(data):
-            raise WireError("truncated varint")
-        byte = data[offset + index]
-        value |= (byte & 0x7F) << (7 * index)
-        if not byte & 0x80:
-            return value & 0xFFFF_FFFF_FFFF_FFFF, offset + index + 1
-    raise WireError("varint longer than 10 bytes")
 
 
 def encode_health_check_request(service: str) -> bytes:
