@@ -14,7 +14,8 @@ needs neither anywhere else. Nothing here does I/O.
   `enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }`.
 - Protobuf wire format (protobuf.dev/programming-guides/encoding): a tag varint
   `field << 3 | wire type`, then a varint (type 0), 8 bytes (1), a length-delimited value (2) or
-  4 bytes (5). Unknown fields are skipped; for a repeated scalar field the last value wins.
+  4 bytes (5). Unknown fields are skipped (so is field 1 in a wire type other than varint);
+  a field that comes more than once takes its last value.
 
 Every decoder raises `WireError` (a ValueError) on input it cannot take, and none of them reads
 past the bytes it is given or allocates more than it was given.
@@ -23,6 +24,8 @@ past the bytes it is given or allocates more than it was given.
 from __future__ import annotations
 
 import struct
+
+from queueproxy.statwire import WireError, decode_varint, encode_varint
 
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
@@ -34,13 +37,8 @@ GRPC_STATUS = dict(enumerate(
     "INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED".split()
 ))  # fmt: skip
 PREFIX_LENGTH = 5
-_MAX_VARINT_BYTES = 10  # 64 bits, 7 per byte
 _MAX_FIELD_NUMBER = (1 << 29) - 1  # protobuf's limit: a tag is a uint32 of field << 3 | type
 _PREFIX = struct.Struct(">BI")
-
-
-class WireError(ValueError):
-    """Bytes that are not a well-formed gRPC message or protobuf encoding; says what is wrong."""
 
 
 def frame(message: bytes) -> bytes:
@@ -69,30 +67,6 @@ def unframe(data: bytes, max_message: int) -> bytes:
     return data[PREFIX_LENGTH:]
 
 
-def encode_varint(value: int) -> bytes:
-    if value < 0:
-        raise ValueError("only unsigned varints are encoded here")
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def decode_varint(data: bytes, offset: int) -> tuple[int, int]:
-    """(value, offset after it); WireError if truncated or longer than 10 bytes."""
-    value = 0
-    for index in range(_MAX_VARINT_BYTES):
-        if offset + index >= len(data):
-            raise WireError("truncated varint")
-        byte = data[offset + index]
-        value |= (byte & 0x7F) << (7 * index)
-        if not byte & 0x80:
-            return value & 0xFFFF_FFFF_FFFF_FFFF, offset + index + 1
-    raise WireError("varint longer than 10 bytes")
-
-
 def encode_health_check_request(service: str) -> bytes:
     """HealthCheckRequest{service}; the empty string is the default, so it encodes to nothing."""
     if not service:
@@ -117,15 +91,11 @@ def decode_health_check_response(data: bytes) -> int:
         elif wire_type == 1:
             offset = _skip(data, offset, 8)
         elif wire_type == 2:
+            # Skipped even as field 1: `status` is singular, and a singular field in the wrong
+            # wire type is an unknown field to protobuf's parsers (upb, protobuf-go), not a
+            # packed value; taking it would read SERVING where kubelet reads UNKNOWN.
             length, offset = decode_varint(data, offset)
-            end = _skip(data, offset, length)
-            if field == 1:
-                # Parsers must take a packed repeated enum for a singular one; the last wins.
-                packed, position = data[offset:end], 0
-                while position < len(packed):
-                    value, position = decode_varint(packed, position)
-                    status = _int32(value)
-            offset = end
+            offset = _skip(data, offset, length)
         elif wire_type == 5:
             offset = _skip(data, offset, 4)
         else:  # 3 and 4 are the deprecated groups, 6 and 7 do not exist
@@ -134,8 +104,10 @@ def decode_health_check_response(data: bytes) -> int:
 
 
 def _int32(value: int) -> int:
-    # An enum is an int32 on the wire: a negative value comes as a 10-byte varint.
-    return value - (1 << 64) if value >= 1 << 63 else value
+    # An enum is an int32: parsers keep the varint's low 32 bits, sign-extended (a negative value
+    # comes as a 10-byte varint), so 2**32 + 1 is SERVING to protobuf and to grpc-go alike.
+    value &= 0xFFFF_FFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _skip(data: bytes, offset: int, length: int) -> int:

@@ -55,13 +55,9 @@ class H2Response:
     trailers: list[tuple[str, str]] = field(default_factory=list)
     ended: bool = False
 
-    def header(self, name: str, *, trailers_too: bool = False) -> str | None:
-        """The last value of `name`, looked up in the trailers first when asked."""
-        for source in (self.trailers, self.headers) if trailers_too else (self.headers,):
-            for key, value in reversed(source):
-                if key == name:
-                    return value
-        return None
+    def header(self, name: str) -> str | None:
+        """The last value of `name` in the headers."""
+        return _last(self.headers, name)
 
 
 async def h2c_exchange(
@@ -143,7 +139,8 @@ async def h2c_exchange(
             connection.close_connection()
             writer.write(connection.data_to_send())
         except H2Error as error:
-            raise H2ProbeError(f"HTTP/2 protocol error: {error}") from None
+            # h2's text can quote what the app sent (a whole header value): cut it to size.
+            raise H2ProbeError(f"HTTP/2 protocol error: {_printable(str(error))}") from None
         return response
     finally:
         writer.close()
@@ -226,17 +223,22 @@ _MAX_TIMEOUT_VALUE = 99_999_999
 def check_grpc_response(response: H2Response) -> None:
     """Raise H2ProbeError unless `response` is a well-formed Health/Check reply with SERVING.
 
-    A Trailers-Only reply (grpc-status in the headers, no body) is an error reply by gRPC's
-    PROTOCOL-HTTP2.md; its status is looked up in the trailers first, then the headers."""
+    The status is read where gRPC's PROTOCOL-HTTP2.md puts it: in the trailers, or, for a
+    Trailers-Only reply (no body, no trailers), in the headers. A `grpc-status` in the headers of
+    a reply that goes on with a body counts for nothing, as in grpc-go (kubelet's client), which
+    fails such a reply with "server closed the stream without sending trailers"."""
     if response.status != 200:
         raise H2ProbeError(f"gRPC health check answered HTTP status {response.status}")
     if response.truncated:
         raise H2ProbeError(f"gRPC health check reply longer than {MAX_GRPC_MESSAGE} bytes")
-    grpc_status = response.header("grpc-status", trailers_too=True)
+    trailers_only = not response.trailers and not response.body
+    source = response.headers if trailers_only else response.trailers
+    grpc_status = _last(source, "grpc-status")
     if grpc_status is None:
-        raise H2ProbeError("gRPC health check reply without grpc-status")
+        where = "" if trailers_only or response.trailers else " (the stream ended without trailers)"
+        raise H2ProbeError(f"gRPC health check reply without grpc-status{where}")
     if grpc_status != "0":
-        message = urllib.parse.unquote(response.header("grpc-message", trailers_too=True) or "")
+        message = urllib.parse.unquote(_last(source, "grpc-message") or "")
         name = _GRPC_STATUS_BY_TEXT.get(grpc_status)
         raise H2ProbeError(
             f"gRPC health check failed with grpc-status {_printable(grpc_status)}"
@@ -251,6 +253,13 @@ def check_grpc_response(response: H2Response) -> None:
         raise H2ProbeError(f"malformed gRPC health check reply: {error}") from None
     if status != grpcwire.SERVING:
         raise H2ProbeError(f"gRPC health check status {grpcwire.status_name(status)}")
+
+
+def _last(fields: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in reversed(fields):
+        if key == name:
+            return value
+    return None
 
 
 _GRPC_STATUS_BY_TEXT = {str(code): name for code, name in grpcwire.GRPC_STATUS.items()}

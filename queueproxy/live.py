@@ -93,9 +93,14 @@ def parse_target(text: str) -> float | None:
     KPA view assumes. Empty means none; raises ValueError outside `TARGET_RANGE`."""
     if not text:
         return None
-    value = float(text)
+    why = f"target must be a number in [{TARGET_RANGE[0]}, {TARGET_RANGE[1]:g}]"
+    try:
+        value = float(text)
+    except ValueError:
+        # Not float's message: it quotes the client's text, which the 400 would echo back.
+        raise ValueError(why) from None
     if not TARGET_RANGE[0] <= value <= TARGET_RANGE[1]:  # NaN fails too
-        raise ValueError(f"target must be in [{TARGET_RANGE[0]}, {TARGET_RANGE[1]:g}]")
+        raise ValueError(why)
     return value
 
 

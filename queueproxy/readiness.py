@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import ssl
 import time
 from collections import deque
@@ -316,6 +317,8 @@ async def attempt(spec: ProbeSpec, timeout: float, *, h2c_first: bool = False) -
     knative-v1.21 (`pkg/queue/health/probe.go`). Each of the two tries gets `timeout`.
     """
     try:
+        if spec.kind == "http":
+            _check_headers(spec.headers)
         if spec.kind == "grpc":
             await h2probe.grpc_probe(spec.port, spec.grpc_service, timeout, spec.host)
             return None
@@ -336,14 +339,55 @@ async def attempt(spec: ProbeSpec, timeout: float, *, h2c_first: bool = False) -
         return None
     except TimeoutError:
         return f"{spec.kind} probe of {spec.host}:{spec.port} timed out after {timeout:g}s"
-    except (OSError, EOFError, httptools.HttpParserError, h2probe.H2ProbeError) as error:
+    except (
+        OSError,
+        EOFError,
+        httptools.HttpParserError,
+        h2probe.H2ProbeError,
+        InvalidProbeRequest,
+    ) as error:
         why = str(error) or type(error).__name__
         return f"{spec.kind} probe of {spec.host}:{spec.port} failed: {why}"
 
 
+class InvalidProbeRequest(ValueError):
+    """A probe header that cannot be sent; the message names it."""
+
+
+# RFC 9110 section 5.1 (token) and 5.5 (field-value: no CR, LF or NUL).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+# RFC 3986 section 3.3 and 3.4: what may stand in a path and query as it is; anything else, and a
+# `%` that starts no escape, is percent-encoded (as UTF-8).
+_NOT_IN_TARGET = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]+")
+
+
+def _check_headers(headers: Sequence[tuple[str, str]]) -> None:
+    """Refuse what Go's client refuses (`net/http: invalid header field ...`): a value with CR or
+    LF would smuggle a header (HTTP/1.1) or make a malformed field (HTTP/2)."""
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            raise InvalidProbeRequest(f"invalid header field name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise InvalidProbeRequest(f"invalid header field value for {name!r}")
+
+
+def request_target(path: str) -> str:
+    """The probe's `path` as an origin-form request-target (RFC 9112 section 3.2.1): a leading
+    `/`, the fragment left out, and what a path or query may not hold percent-encoded, as Go's
+    `url.URL` sends it (a space as `%20`, `€` as `%E2%82%AC`)."""
+    path = path.partition("#")[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    return _NOT_IN_TARGET.sub(
+        lambda match: "".join(f"%{byte:02X}" for byte in match.group().encode()), path
+    )
+
+
 async def _h2c_attempt(spec: ProbeSpec, timeout: float) -> str | None:
+    target = request_target(spec.path)
     try:
-        status = await h2probe.h2c_get(spec.host, spec.port, spec.path, spec.headers, timeout)
+        status = await h2probe.h2c_get(spec.host, spec.port, target, spec.headers, timeout)
     except TimeoutError:
         return f"timed out after {timeout:g}s"
     except (OSError, h2probe.H2ProbeError) as error:
@@ -387,12 +431,13 @@ def _request_bytes(spec: ProbeSpec) -> bytes:
             host_line = f"Host: {value}"  # kubelet lets a probe name its virtual host
         elif lowered not in _OURS:
             lines.append(f"{name}: {value}")
-    path = spec.path if spec.path.startswith("/") else "/" + spec.path
+    path = request_target(spec.path)
     head = [f"GET {path} HTTP/1.1", host_line, f"User-Agent: {PROBE_USER_AGENT}", *lines]
     if not any(name.lower() == "accept" for name, _ in spec.headers):
         head.append("Accept: */*")
     head += ["Connection: close", "", ""]
-    return "\r\n".join(head).encode("latin-1")
+    # Values as UTF-8, the bytes Go writes for its strings (obs-text to an HTTP/1.1 reader).
+    return "\r\n".join(head).encode()
 
 
 # Go sends only the first User-Agent, and kubelet's comes first; framing headers are ours.

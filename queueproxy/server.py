@@ -188,15 +188,6 @@ class Sidecar:
     async def start(self) -> None:
         config = self.config
         host = config.bind_address or None
-        self.servers.append(
-            await self.loop.create_server(
-                self.data_path.protocol_factory,
-                host,
-                config.queue_serving_port,
-                reuse_address=True,
-                backlog=4096,
-            )
-        )
         limit = config.read_header_timeout
         self.servers.append(await serve(self.loop, self.admin, host, config.admin_port, limit))
         self.servers.append(
@@ -210,6 +201,17 @@ class Sidecar:
             )
         if tls_enabled(config.certs_dir):
             await self._start_tls(host)
+        # The serving port opens last: once it answers, so do the admin and metrics ports
+        # (what a caller waiting for the serving port, like a test or a local pod, assumes).
+        self.servers.append(
+            await self.loop.create_server(
+                self.data_path.protocol_factory,
+                host,
+                config.queue_serving_port,
+                reuse_address=True,
+                backlog=4096,
+            )
+        )
         self._tick(self.loop.time())
 
     async def _start_tls(self, host: str | None) -> None:
@@ -291,7 +293,7 @@ class Sidecar:
         try:
             target = parse_target(query.get("target", [""])[-1])
         except ValueError as error:
-            return Response(400, f"target: {error}\n".encode())
+            return Response(400, f"{error}\n".encode())
         if request.path == b"/live.json":
             self.live.asked(time.monotonic())
             body = self.live.snapshot(target, history=True).encode()

@@ -16,6 +16,7 @@ and exits 1.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +27,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sampleapp.protos import hello_pb2, hello_pb2_grpc
 
 
+def _uint32(text: str) -> int:
+    # The proto fields are uint32: protobuf raises on anything else, after the channel is open.
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text} is not in 0..{2**32 - 1}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sampleapp.client", description=__doc__.split("\n\n")[0]
@@ -34,16 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--authority", help="the :authority to send (an ingress routes by it); default: --address"
     )
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (30)")
+    parser.add_argument("--timeout", type=_seconds, default=30.0, help="deadline in seconds (30)")
     calls = parser.add_subparsers(dest="call", required=True)
     calls.add_parser("hello", help="Greeter/SayHello")
     stream = calls.add_parser("stream", help="Greeter/StreamHellos")
-    stream.add_argument("--count", type=int, default=5)
+    stream.add_argument("--count", type=_uint32, default=5)
     stream.add_argument("--interval", type=float, default=100.0, help="milliseconds")
     sleep = calls.add_parser("sleep", help="Greeter/Sleep")
     sleep.add_argument("milliseconds", type=float)
     fail = calls.add_parser("fail", help="Greeter/Fail")
-    fail.add_argument("code", type=int, help="gRPC status code, 1..16")
+    fail.add_argument("code", type=_uint32, help="gRPC status code, 1..16")
     fail.add_argument("message", nargs="?", default="")
     fail.add_argument("--trailer", action="append", default=[], metavar="KEY=VALUE")
     health = calls.add_parser("health", help="grpc.health.v1.Health/Check")

@@ -44,6 +44,10 @@ MAX_STREAM_COUNT = 100_000  # the /stream knob's limit
 # (grpcio's default is 8 KiB for all metadata).
 MAX_TRAILERS = 32
 MAX_TRAILER_BYTES = 4096
+# Fail's status message travels percent-encoded in the same trailers (`grpc-message`, up to 3
+# bytes per byte): with this cap and the trailers' own, the whole stays under 8 KiB. Unbounded, a
+# long message made the client end the call RESOURCE_EXHAUSTED instead of the status asked for.
+MAX_MESSAGE_BYTES = 512
 _TRAILER_KEY = re.compile(r"[0-9a-z_.-]+")
 _TRAILER_VALUE = re.compile(r"[\x20-\x7e]*")
 _FAILURE_CODES = {code.value[0]: code for code in grpc.StatusCode if code.value[0] != 0}
@@ -85,6 +89,10 @@ class Greeter(hello_pb2_grpc.GreeterServicer):
     ) -> hello_pb2.HelloReply:
         if request.code not in _FAILURE_CODES:
             await _invalid(context, KnobError("code", str(request.code), "a gRPC status in 1..16"))
+        size = len(request.message.encode())
+        if size > MAX_MESSAGE_BYTES:
+            limit = f"at most {MAX_MESSAGE_BYTES} bytes (UTF-8)"
+            await _invalid(context, KnobError("message", f"{size} bytes", limit))
         trailers = _trailers(request.trailers)
         if isinstance(trailers, KnobError):
             await _invalid(context, trailers)

@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sampleapp.config import ConfigError, load
+from sampleapp.grpcapp import MAX_MESSAGE_BYTES, MAX_TRAILER_BYTES, MAX_TRAILERS
 from sampleapp.protos import hello_pb2, hello_pb2_grpc
 from tests.harness import ROOT
 from tests.sampleapp_helpers import RunningApp, read_line, run_app_command, start_app
@@ -95,6 +96,19 @@ def test_sleep_past_the_deadline_is_deadline_exceeded(greeter: hello_pb2_grpc.Gr
     assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_the_largest_fail_allowed_still_ends_with_the_requested_status(
+    greeter: hello_pb2_grpc.GreeterStub,
+) -> None:
+    # Every byte percent-encoded, and every trailer byte used: still within a client's limit.
+    message = "\x01" * MAX_MESSAGE_BYTES
+    trailers = {f"k{i:02}": "v" * (MAX_TRAILER_BYTES // MAX_TRAILERS - 3) for i in range(32)}
+    request = hello_pb2.FailRequest(code=14, message=message, trailers=trailers)
+    with pytest.raises(grpc.RpcError) as raised:
+        greeter.Fail(request, timeout=5)
+    assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert raised.value.details() == message
+
+
 def test_fail_ends_with_the_requested_status_message_and_trailers(
     greeter: hello_pb2_grpc.GreeterStub,
 ) -> None:
@@ -124,8 +138,21 @@ def test_fail_ends_with_the_requested_status_message_and_trailers(
         (hello_pb2.FailRequest(code=13, trailers={"x": "line\nbreak"}), "trailers[x]"),
         (hello_pb2.FailRequest(code=13, trailers={f"k{i}": "v" for i in range(33)}), "trailers"),
         (hello_pb2.FailRequest(code=13, trailers={"big": "v" * 5000}), "trailers"),
+        (hello_pb2.FailRequest(code=13, message="x" * 100_000), "message"),
+        (hello_pb2.FailRequest(code=13, message="é" * 257), "message"),
     ],
-    ids=["ok", "17", "reserved", "upper", "binary", "newline", "too-many", "too-big"],
+    ids=[
+        "ok",
+        "17",
+        "reserved",
+        "upper",
+        "binary",
+        "newline",
+        "too-many",
+        "too-big",
+        "long-message",
+        "long-message-in-utf8",
+    ],
 )
 def test_fail_refuses_what_it_cannot_send(
     greeter: hello_pb2_grpc.GreeterStub, request_: hello_pb2.FailRequest, named: str
@@ -389,3 +416,31 @@ def test_client_reports_a_failed_call_and_exits_1(app: RunningApp) -> None:
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.splitlines() == ["UNAVAILABLE: try later", "retry-after: 1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("stream", "--count", "-1"), "--count"),
+        (("stream", "--count", str(2**32)), "--count"),
+        (("fail", "-1"), "code"),
+        (("--timeout", "nan", "hello"), "--timeout"),
+        (("--timeout", "-1", "hello"), "--timeout"),
+        (("--timeout", "0", "hello"), "--timeout"),
+    ],
+)
+def test_client_refuses_arguments_out_of_range_with_a_usage_error(
+    args: tuple[str, ...], named: str
+) -> None:
+    # Refused before any call (nothing listens on port 1): exit 2 naming the argument; it was a
+    # protobuf traceback (uint32 fields) or a DEADLINE_EXCEEDED without a call (timeouts).
+    done = subprocess.run(
+        [sys.executable, "-m", "sampleapp.client", "--address", "127.0.0.1:1", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"argument {named}" in done.stderr

@@ -87,6 +87,8 @@ _unknown_field = st.one_of(
     st.tuples(st.integers(2, 1000), st.just(1), st.binary(min_size=8, max_size=8)),
     st.tuples(st.integers(2, 1000), st.just(2), st.binary(max_size=40)),
     st.tuples(st.integers(2, 1000), st.just(5), st.binary(min_size=4, max_size=4)),
+    # Field 1 itself in the length-delimited wire type (what a packed status would look like).
+    st.tuples(st.just(1), st.just(2), st.binary(max_size=12)),
 )
 
 
@@ -101,7 +103,7 @@ def _encode_field(field: int, wire_type: int, value: int | bytes) -> bytes:
     return tag + value
 
 
-@given(st.lists(_unknown_field, max_size=6), st.lists(st.integers(0, 3), max_size=3))
+@given(st.lists(_unknown_field, max_size=6), st.lists(st.integers(0, 2**64 - 1), max_size=3))
 def test_unknown_fields_are_skipped_and_the_last_status_wins(
     unknown: list[tuple[int, int, int | bytes]], statuses: list[int]
 ) -> None:
@@ -123,6 +125,31 @@ def test_garbage_never_decodes_to_something_protobuf_disagrees_with(wire: bytes)
     except DecodeError:
         pytest.fail(f"we decoded {wire!r} as {ours}, protobuf refuses it")
     assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    "value", [2**32 + 1, 2**33 + 2, 2**63 + 1, 2**64 - 1, 2**31, 2**32 - 1, 2**35 + 3]
+)
+def test_a_status_varint_past_32_bits_decodes_as_protobuf_does(value: int) -> None:
+    # An int32 enum keeps the low 32 bits: 2**32 + 1 is SERVING to protobuf and to grpc-go.
+    wire = b"\x08" + grpcwire.encode_varint(value)
+    assert grpcwire.decode_health_check_response(wire) == (
+        health_pb2.HealthCheckResponse.FromString(wire).status
+    )
+
+
+@pytest.mark.parametrize("values", [[1], [2, 1], [2**32 + 1], [0, 1, 1]])
+def test_a_packed_status_is_an_unknown_field_as_protobuf_takes_it(values: list[int]) -> None:
+    # `status` is singular: a length-delimited field 1 is not a packed value to protobuf (the
+    # oracle answers UNKNOWN), so SERVING packed must not pass the probe.
+    body = b"".join(grpcwire.encode_varint(value) for value in values)
+    wire = b"\x0a" + grpcwire.encode_varint(len(body)) + body
+    expected = health_pb2.HealthCheckResponse.FromString(wire).status
+    assert grpcwire.decode_health_check_response(wire) == expected == 0
+    # And before or after a plain status, the plain one decides.
+    for both in (wire + b"\x08\x02", b"\x08\x02" + wire):
+        assert grpcwire.decode_health_check_response(both) == 2
+        assert health_pb2.HealthCheckResponse.FromString(both).status == 2
 
 
 @pytest.mark.parametrize(
@@ -186,6 +213,17 @@ def test_serving_passes() -> None:
         ({"trailers": [("grpc-status", "9" * 5000)]}, "grpc-status 999"),
         # Trailers-Only: the status comes in the headers and there is no body.
         ({"headers": [("grpc-status", "14")], "trailers": [], "body": b""}, "(UNAVAILABLE)"),
+        # An OK in the headers of a reply that goes on with a body is no status (grpc-go: "server
+        # closed the stream without sending trailers"); the trailers' own status decides.
+        (
+            {"headers": [("grpc-status", "0")], "trailers": []},
+            "without grpc-status (the stream ended without trailers)",
+        ),
+        ({"headers": [("grpc-status", "0")], "trailers": [("x", "y")]}, "without grpc-status"),
+        (
+            {"headers": [("grpc-status", "0")], "trailers": [("grpc-status", "14")]},
+            "(UNAVAILABLE)",
+        ),
     ],
 )
 def test_everything_but_serving_fails_with_its_reason(fields: dict, reason: str) -> None:
@@ -349,11 +387,14 @@ def _reset() -> bytes:
          r"\(UNIMPLEMENTED\)"),
         (_once(_headers_frame([(":status", "200")], True)), "without grpc-status"),
         (_once(_headers_frame([(b":status", b"200"), (b"x", b"\xff\xfe")], True)), "grpc-status"),
+        (_once(_headers_frame([(":status", "200"), ("grpc-status", "0")])
+               + _data_frame(grpcwire.frame(b"\x08\x01"), end_stream=True)),
+         "ended without trailers"),
     ],
     ids=[
         "ping-flood", "data-flood", "continuation-flood", "http1-answer", "closed", "reset",
         "goaway", "bad-status", "not-serving", "garbage-message", "trailers-only",
-        "no-grpc-status", "odd-header-bytes",
+        "no-grpc-status", "odd-header-bytes", "ok-in-headers-serving-body-no-trailers",
     ],
 )  # fmt: skip
 async def test_hostile_replies_fail_the_probe_with_their_reason(
@@ -363,6 +404,18 @@ async def test_hostile_replies_fail_the_probe_with_their_reason(
         with pytest.raises(h2probe.H2ProbeError) as raised:
             await h2probe.grpc_probe(port, "", timeout=5)
     assert re.search(reason, str(raised.value)), raised.value
+
+
+async def test_the_apps_bytes_quoted_in_a_protocol_error_are_cut_to_size() -> None:
+    # h2 quotes an invalid header value whole: a hostile app must not fill our log line with it.
+    value = b" \x1b[31m" + b"y" * 12_000 + b" "
+    handler = _once(_headers_frame([(b":status", b"200"), (b"x", value)]))
+    async with raw_server(handler) as port:
+        with pytest.raises(h2probe.H2ProbeError) as raised:
+            await h2probe.grpc_probe(port, "", timeout=5)
+    reason = str(raised.value)
+    assert reason.startswith("HTTP/2 protocol error: ") and len(reason) < 400
+    assert "\x1b" not in reason
 
 
 async def test_a_silent_server_times_out() -> None:
@@ -406,10 +459,11 @@ async def test_a_probe_header_http2_forbids_fails_the_h2c_try_not_the_prober() -
         with pytest.raises(h2probe.H2ProbeError, match="not valid in HTTP/2"):
             await h2probe.h2c_get("127.0.0.1", port, "/", [(":evil", "x")], timeout=2)
         spec = ProbeSpec("http", "127.0.0.1", port, headers=((":evil", "x"),))
-        # Auto-detection: the h2c try fails on the header, HTTP/1.1 (where it is a plain field)
-        # carries it and decides.
-        assert await attempt(spec, 2.0, h2c_first=True) is None
-    assert requests and all(request.startswith(b"GET / HTTP/1.1") for request in requests)
+        # The prober checks its headers first: ":evil" is no token (RFC 9110 section 5.1), so
+        # neither try sends it (Go's client refuses it too); the probe fails with that reason.
+        reason = await attempt(spec, 2.0, h2c_first=True)
+    assert reason is not None and "invalid header field name ':evil'" in reason
+    assert requests == []
 
 
 @pytest.mark.parametrize(

@@ -213,10 +213,14 @@ def test_snapshot_carries_no_request_data() -> None:
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("text", ["abc", "0", "-1", "nan", "inf", "1e9", "0.001"])
+@pytest.mark.parametrize(
+    "text", ["abc", "0", "-1", "nan", "inf", "1e9", "0.001", "<script>x</script>", "1\x00", "\r\nX"]
+)
 def test_bad_targets_are_refused(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as raised:
         parse_target(text)
+    # The 400 says what is wanted and never echoes the client's text.
+    assert str(raised.value) == "target must be a number in [0.01, 100000]"
 
 
 def test_good_targets() -> None:

@@ -10,12 +10,21 @@ import time
 import pytest
 
 from queueproxy.live import MAX_VIEWERS
-from tests.harness import free_port, knative_env, raw_exchange, running, start_sidecar
+from tests.harness import (
+    free_port,
+    knative_env,
+    raw_exchange,
+    running,
+    start_sidecar,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def admin_get(port: int, target: str, method: str = "GET") -> bytes:
+    # start_sidecar waits for the serving port; the admin port opens a moment later.
+    wait_for_port(port)
     request = f"{method} {target} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
     return raw_exchange(port, request.encode())
 

@@ -32,6 +32,8 @@ from queueproxy.readiness import (
     Prober,
     ProbeSchedule,
     Wait,
+    attempt,
+    request_target,
 )
 from sampleapp.protos import hello_pb2, hello_pb2_grpc
 from tests.sampleapp_helpers import RunningApp, start_app
@@ -717,3 +719,54 @@ def test_the_sidecar_loads_h2_only_for_a_probe_that_needs_it() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("path", "sent"),
+    [
+        ("/a b", "/a%20b"),
+        ("/h\u20acalth?x=\u00e9", "/h%E2%82%ACalth?x=%C3%A9"),
+        ("/x\r\nEvil: 1", "/x%0D%0AEvil:%201"),
+        ("/100%", "/100%25"),
+        ("/ok%2F?q=a&b=c#frag", "/ok%2F?q=a&b=c"),
+        ('/"<>\\^`{|}', "/%22%3C%3E%5C%5E%60%7B%7C%7D"),
+    ],
+)
+async def test_http_path_is_sent_as_a_valid_request_target(path: str, sent: str) -> None:
+    # The path comes from the pod spec: whatever it holds, the app gets one well-formed request
+    # line (RFC 9112 section 3), as Go's url.URL writes it, never a crash or a second line.
+    assert request_target(path) == sent
+    app = HttpApp()
+    async with serve(app) as port:
+        assert await attempt(http(port, path=path, **NORMAL), 2.0) is None
+    assert app.request_line() == f"GET {sent} HTTP/1.1"
+    assert len(app.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (("X-A", "a\r\nInjected: 1"), "invalid header field value for 'X-A'"),
+        (("X-A", "a\nb"), "invalid header field value"),
+        (("X-A", "a\x00b"), "invalid header field value"),
+        (("Bad Name", "v"), "invalid header field name 'Bad Name'"),
+        (("Host", "h\r\nX: y"), "invalid header field value for 'Host'"),
+    ],
+)
+@pytest.mark.parametrize("h2c_first", [False, True])
+async def test_a_probe_header_that_would_inject_fails_the_probe_unsent(
+    header: tuple[str, str], why: str, h2c_first: bool
+) -> None:
+    app = HttpApp()
+    async with serve(app) as port:
+        spec = http(port, headers=(header,), **NORMAL)
+        reason = await attempt(spec, 2.0, h2c_first=h2c_first)
+    assert reason is not None and why in reason
+    assert app.requests == []  # nothing was sent: no smuggled header reaches the app
+
+
+async def test_a_non_latin1_header_value_goes_out_as_utf8() -> None:
+    app = HttpApp()
+    async with serve(app) as port:
+        assert await attempt(http(port, headers=(("X-A", "v\u20ac"),), **NORMAL), 2.0) is None
+    assert b"\r\nX-A: v\xe2\x82\xac\r\n" in app.requests[-1]
