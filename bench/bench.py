@@ -26,6 +26,7 @@ its first successful request through it, median of --starts starts. --json write
                           [--strace] [--json results.json]
 
 Needs wrk (apt-get install wrk; haproxy and strace optional). Everything listens on 127.0.0.1.
+HTTP/2 (h2load through queueproxy and HAProxy `proto h2` to an h2c app) is bench/h2bench.py.
 Absolute figures move between runs and machines: compare the ratios taken in one run.
 """
 

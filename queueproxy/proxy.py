@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import Protocol
+from typing import Any, Protocol
 
 from queueproxy.breaker import Admission, Breaker
 from queueproxy.h1 import (
@@ -49,6 +49,7 @@ from queueproxy.h1 import (
     skip_empty_lines,
     valid_host,
 )
+from queueproxy.h2detect import h2c_upgrade_settings, preface_state
 from queueproxy.http11 import (
     DATE,
     HIGH_WATER,
@@ -56,6 +57,13 @@ from queueproxy.http11 import (
     READ_HEADER_TIMEOUT,
     simple_response,
     status_line,
+)
+from queueproxy.outcomes import (
+    BAD_REQUEST,
+    CUT,
+    QUEUE_FULL,
+    TIMEOUT,
+    upstream_failure_reason,
 )
 from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer, TimeoutRules
 from queueproxy.upstream import UpstreamConnection, UpstreamPool
@@ -98,6 +106,10 @@ class Observer(Protocol):
 
     def probe_answered(self, exchange: Exchange) -> None: ...
 
+    def rejected(self, reason: str, status: int, detail: bytes) -> None:
+        """The sidecar answers `status` itself (0: cuts the connection), for `reason`."""
+        ...
+
 
 class LocalResponder(Protocol):
     """Answers health checks and network probes without the app (`health.HealthResponder`)."""
@@ -132,6 +144,9 @@ class DataPath:
         self.observer: Observer | None = None
         self.responder: LocalResponder | None = None
         self.connections: set[ClientConnection] = set()
+        # The h2c pool to the app (`h2upstream.H2UpstreamPool`), made by the first HTTP/2
+        # connection: HTTP/1-only pods never load h2.
+        self.h2_pool: Any = None
 
     def protocol_factory(self) -> ClientConnection:
         return ClientConnection(self)
@@ -258,6 +273,8 @@ class ClientConnection(asyncio.Protocol):
         self.timer_handle: asyncio.TimerHandle | None = None
         self.timer_at = 0.0
         self.header_deadline = 0.0
+        # Nothing read yet: the bytes may be HTTP/2's connection preface (prior knowledge).
+        self.fresh = True
 
     # -- Protocol interface --------------------------------------------------------------------
 
@@ -269,6 +286,10 @@ class ClientConnection(asyncio.Protocol):
             self.client_ip = host.encode()
             port = peer[1]
             self.remote_addr = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+            self._switch_to_h2(b"")
+            return
         self.path.connections.add(self)
         # Like Go's ReadHeaderTimeout: the first request head must come within a minute.
         self.header_deadline = self.loop.time() + self.path.read_header_timeout
@@ -300,12 +321,47 @@ class ClientConnection(asyncio.Protocol):
             if self.lingering < 0 and self.transport is not None:
                 self.transport.close()  # it keeps sending: stop lingering
             return
+        if self.fresh and self._sniff(data):
+            return
         buffer = self.buffer
         if buffer:
             buffer += data
             self._process(buffer)
         else:
             self._process(data)
+
+    def _sniff(self, data: bytes) -> bool:
+        """Look for HTTP/2's preface at the start of the connection (RFC 9113 §3.4), which may
+        arrive split across reads. True when `data` was taken (held, or handed to HTTP/2)."""
+        seen = bytes(self.buffer) + data if self.buffer else data
+        state = preface_state(seen)
+        if state < 0:
+            self.fresh = False
+            return False
+        if state == 0:
+            self.buffer += data
+            return True
+        self.fresh = False
+        self.buffer = bytearray()
+        self._switch_to_h2(seen)
+        return True
+
+    def _switch_to_h2(self, data: bytes) -> None:
+        """Hand the connection to the HTTP/2 server, loaded now (docs/http2.md)."""
+        from queueproxy.h2server import H2ServerConnection
+
+        self._detach()
+        H2ServerConnection(self.path, self.client_ip, self.remote_addr).take_over(
+            self.transport, data
+        )
+
+    def _detach(self) -> None:
+        self.closed = True
+        self.fresh = False
+        self.path.connections.discard(self)
+        if self.timer_handle is not None:
+            self.timer_handle.cancel()
+            self.timer_handle = None
 
     def eof_received(self) -> bool | None:
         # Like Go's server, a client that shuts its side is gone: its requests are cancelled.
@@ -401,8 +457,33 @@ class ClientConnection(asyncio.Protocol):
         memo = self.path.memo
         request = memo.requests.get(head) or memo.request(head)
         self.header_deadline = 0.0
+        self.fresh = False
+        if request.upgrade and self._upgrade_h2c(request, data, end):
+            return -1
         self._begin(request)
         return end
+
+    def _upgrade_h2c(self, request: RequestHead, data: bytes | bytearray, end: int) -> bool:
+        """Grant `Upgrade: h2c` when `h2detect` says so: 101, then HTTP/2 with the request as
+        stream 1 and the bytes after it as HTTP/2's. False: serve it over HTTP/1.1."""
+        transport = self.transport
+        if transport is None or transport.get_extra_info("ssl_object") is not None:
+            return False
+        settings = h2c_upgrade_settings(request)
+        if settings is None:
+            return False
+        from queueproxy.h2server import H2ServerConnection
+
+        rest = bytes(data[end:])
+        self._detach()
+        self.buffer = bytearray()
+        transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        )
+        H2ServerConnection(self.path, self.client_ip, self.remote_addr).take_over_upgrade(
+            transport, settings, request.method, request.target, list(request.headers), rest
+        )
+        return True
 
     def _keep(self, data: bytes | bytearray, pos: int) -> None:
         buffer = self.buffer
@@ -452,6 +533,8 @@ class ClientConnection(asyncio.Protocol):
         if exchange is None:
             self._reject(error.status, error.reason.encode())
             return
+        started = exchange.response_started or exchange.state == TUNNEL
+        self.rejected(BAD_REQUEST, CUT if started else error.status, error.reason.encode())
         upstream = exchange.upstream
         if upstream is not None:
             upstream.abort()  # the app must not complete a request we could not frame
@@ -531,8 +614,8 @@ class ClientConnection(asyncio.Protocol):
         if te_trailers:
             append(b"Te: trailers\r\n")
         if request.upgrade:
-            # h2c is declined (the upgrade is not offered to the app): HTTP/2 is not served yet,
-            # and the request is answered over HTTP/1.1, as RFC 9110 §7.8 allows.
+            # An h2c upgrade not granted by `_upgrade_h2c` is declined, never offered to the app:
+            # the request is answered over HTTP/1.1, as RFC 9110 §7.8 allows.
             offered = b", ".join(
                 p.strip(b" \t")
                 for p in request.upgrade.split(b",")
@@ -596,6 +679,7 @@ class ClientConnection(asyncio.Protocol):
         elif admission is Admission.QUEUED:
             exchange.state = QUEUED
         else:
+            self.rejected(QUEUE_FULL, 503, QUEUE_FULL_BODY)
             self.respond_locally(exchange, 503, QUEUE_FULL_BODY)
 
     def _start_timer(self) -> None:
@@ -785,6 +869,8 @@ class ClientConnection(asyncio.Protocol):
         if exchange.state == DONE:
             return
         exchange.upstream = None
+        reason = upstream_failure_reason(error)
+        self.rejected(reason, CUT if exchange.response_started else 502, error.encode())
         if exchange.response_started:
             # Part of the response is out: the only honest signal left is to cut the connection.
             exchange.keep_alive = False
@@ -933,6 +1019,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _timed_out(self, exchange: Exchange) -> None:
         """504 `request timeout`, or, once the response has begun, that text and a cut."""
+        started = exchange.response_started or exchange.state == TUNNEL
+        self.rejected(TIMEOUT, CUT if started else TIMEOUT_STATUS, TIMEOUT_BODY)
         upstream = exchange.upstream
         if upstream is not None:
             exchange.upstream = None
@@ -962,6 +1050,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer a malformed request and close: the stream cannot be trusted after it."""
         if self.transport is None or self.closed:
             return
+        self.rejected(BAD_REQUEST, status, reason)
         self.transport.write(simple_response(status, reason + b"\n", keep_alive=False))
         self._close()
 
@@ -989,6 +1078,12 @@ class ClientConnection(asyncio.Protocol):
             self.reading_paused = 0
             transport.resume_reading()
         self.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def rejected(self, reason: str, status: int, detail: bytes) -> None:
+        """Report an answer the sidecar gives itself (see `Observer.rejected`)."""
+        observer = self.path.observer
+        if observer is not None:
+            observer.rejected(reason, status, detail)
 
     # -- Flow control --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ uses: OpenSSL applies it to new handshakes only, so open connections keep going.
 Settings mirror knative.dev/pkg's `QUEUE_PROXY_TLS_*`: minimum version (default 1.3), maximum,
 TLS 1.2 cipher suites by Go name (Go, like OpenSSL, does not make TLS 1.3 suites configurable)
 and curve preferences. Python's `ssl` can set one curve only, so the first one we can map is
-used and the rest are logged as ignored. ALPN offers `http/1.1` only: there is no h2 yet.
+used and the rest are logged as ignored. ALPN offers `h2` and `http/1.1`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def build_context(config: Config, log: logging.Logger) -> ssl.SSLContext:
         ignored = [name for name in config.tls_curve_preferences if _CURVES.get(name) != curves[0]]
         if ignored:
             log.warning(f"TLS curve preferences {ignored} ignored: Python sets a single curve")
-    context.set_alpn_protocols(["http/1.1"])
+    # HTTP/2 first, as Go's server offers it (RFC 9113 §3.2); `proxy` hands h2 to `h2server`.
+    context.set_alpn_protocols(["h2", "http/1.1"])
     certs = Path(config.certs_dir)
     context.load_cert_chain(certs / CERT_FILE, certs / KEY_FILE, password=_no_password)
     return context

@@ -484,7 +484,19 @@ case(
     post_chunked(HELLO_CHUNKED, *H2C),
     ok(app("POST", body="hello"), closed=None),
 )
-case("upgrade_h2c_get", get(A_TARGET, *H2C), ok(GET_A, closed=None))
+# A valid h2c upgrade without a body is granted (101, then HTTP/2: tests/test_h2_e2e.py); one
+# that breaks RFC 7540 §3.2's rules is declined and served over HTTP/1.1.
+case(
+    "upgrade_h2c_settings_not_in_connection",
+    get(A_TARGET, "Connection: Upgrade", *H2C[1:]),
+    ok(GET_A, closed=None),
+)
+case("upgrade_h2c_two_settings", get(A_TARGET, *H2C, H2C[2]), ok(GET_A, closed=None))
+case(
+    "upgrade_h2c_bad_settings",
+    get(A_TARGET, *H2C[:2], "HTTP2-Settings: not*base64"),
+    ok(GET_A, closed=None),
+)
 
 # -- 4. Malformed request heads: 400 and close, the app sees nothing --------------------------
 

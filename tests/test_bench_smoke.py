@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 # Loaded by path under its own name: bench/ is a directory of scripts, not a package.
 _spec = importlib.util.spec_from_file_location("bench_measure", BENCH / "measure.py")
@@ -108,3 +110,27 @@ def test_parse_strace_summary() -> None:
         "read": 70000,
         "epoll_pwait": 10000,
     }
+
+
+H2LOAD_OUTPUT = """\
+finished in 5.33ms, 18761.73 req/s, 768.42KB/s
+requests: 100 total, 100 started, 100 done, 100 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 100 2xx, 0 3xx, 0 4xx, 0 5xx
+                     min         max         mean         sd        +/- sd
+time for request:       12us      3.03ms       156us       543us    96.00%
+time for connect:      100us       230us       165us        92us   100.00%
+"""
+
+
+def test_h2load_report_parser() -> None:
+    spec = importlib.util.spec_from_file_location("bench_h2bench", BENCH / "h2bench.py")
+    assert spec and spec.loader
+    h2bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(h2bench)
+    rate, mean_ms = h2bench.parse_h2load(H2LOAD_OUTPUT, 100)
+    assert (rate, round(mean_ms, 6)) == (18761.73, 0.156)
+    slower = H2LOAD_OUTPUT.replace("156us", "1.50ms")
+    assert h2bench.parse_h2load(slower, 100)[1] == 1.5
+    failed = H2LOAD_OUTPUT.replace("100 succeeded, 0 failed", "99 succeeded, 1 failed")
+    with pytest.raises(ValueError):
+        h2bench.parse_h2load(failed, 100)
