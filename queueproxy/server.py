@@ -16,7 +16,6 @@ import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, NoReturn
-from urllib.parse import parse_qs
 
 import uvloop
 
@@ -26,8 +25,6 @@ from queueproxy.drain import Drainer
 from queueproxy.endpoints import Request, Response, Stream, not_found, serve
 from queueproxy.health import HealthResponder
 from queueproxy.http11 import DATE
-from queueproxy.live import DRAINING, NOT_READY, READY, LiveFeed, LiveState, Tick, parse_target
-from queueproxy.live_page import PAGE
 from queueproxy.logs import setup_logging
 from queueproxy.observer import RequestObserver
 from queueproxy.outcomes import Outcomes
@@ -40,6 +37,7 @@ from queueproxy.timeouts import TimeoutRules
 from queueproxy.usermetrics import UserMetrics, build_user_metrics
 
 if TYPE_CHECKING:
+    from queueproxy.live import LiveFeed, LiveState
     from queueproxy.tls import CertificateWatcher
 
 # Knative's upstream keep-alive pool (`buildTransport`): CC idle connections, 1000 when unlimited.
@@ -128,6 +126,9 @@ class Sidecar:
         self.live: LiveState | None = None
         self.feed: LiveFeed | None = None
         if config.live:
+            # The live page is opt-in: its modules (and kpa's) load only when it is on.
+            from queueproxy.live import LiveFeed, LiveState
+
             breaker = self.breaker
             self.live = LiveState(
                 cc,
@@ -263,6 +264,8 @@ class Sidecar:
         self.observer.samples = samples
 
     def _live_tick(self, now: float, report: StatsReport) -> None:
+        from queueproxy.live import DRAINING, NOT_READY, READY, Tick
+
         assert self.live is not None and self.feed is not None
         drainer = self.drainer
         deadline = drainer.deadline
@@ -292,6 +295,11 @@ class Sidecar:
 
     def live_endpoint(self, request: Request) -> Response | Stream:
         """GET /live, /live.json, /live/events (with an optional `?target=`)."""
+        from urllib.parse import parse_qs
+
+        from queueproxy.live import parse_target
+        from queueproxy.live_page import PAGE
+
         assert self.live is not None and self.feed is not None
         if request.method not in (b"GET", b"HEAD"):
             return Response(405, b"method not allowed\n", headers=((b"Allow", b"GET, HEAD"),))
