@@ -2,12 +2,14 @@
 
 The app is nghttpd (nghttp2's C server, `--no-tls`, serving a 13-byte file), so the proxies'
 costs are not hidden behind a slow app. For each target and round: h2load's requests per second
-and mean request time, and the proxy's CPU microseconds per request (user + system, from
+and 99th-percentile request time, and the proxy's CPU microseconds per request (user + system, from
 /proc/PID/stat deltas over the run). A unary-style GET at `-c10 -m10` by default.
 
     python bench/h2bench.py [--requests 20000] [--clients 10] [--streams 10] [--rounds 3] [--gib]
 
-Needs h2load and nghttpd (apt-get install nghttp2-client nghttp2-server); HAProxy optional.
+Needs h2load and nghttpd (apt-get install nghttp2-client nghttp2-server); HAProxy optional;
+QP_GO_BINARY=path adds Knative's Go queue-proxy (as in bench.py). The p99 is computed from
+h2load's per-request `--log-file`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from targets import ROOT, free_port, port_in_use  # noqa: E402
+from targets import Setup, free_port, launch, port_in_use, stop  # noqa: E402
 
 HAPROXY_H2 = """\
 global
@@ -59,23 +61,33 @@ def cpu_ticks(pid: int) -> int:
 
 
 def h2load(port: int, requests: int, clients: int, streams: int) -> tuple[float, float]:
-    """(requests per second, mean request time in ms) of one h2load run; all must succeed."""
-    out = subprocess.run(
-        [
-            "h2load",
-            "-n",
-            str(requests),
-            "-c",
-            str(clients),
-            "-m",
-            str(streams),
-            f"http://127.0.0.1:{port}/hello",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return parse_h2load(out, requests)
+    """(requests per second, p99 request time in ms) of one h2load run; all must succeed."""
+    with tempfile.NamedTemporaryFile("r", suffix=".tsv") as log:
+        out = subprocess.run(
+            [
+                "h2load",
+                "-n",
+                str(requests),
+                "-c",
+                str(clients),
+                "-m",
+                str(streams),
+                "--log-file",
+                log.name,
+                f"http://127.0.0.1:{port}/hello",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rate, _ = parse_h2load(out, requests)
+        return rate, p99_ms(log.read())
+
+
+def p99_ms(log: str) -> float:
+    """The 99th percentile of h2load's `--log-file` (start µs, status, duration µs per line)."""
+    durations = sorted(int(line.split("\t")[2]) for line in log.splitlines() if line)
+    return durations[min(len(durations) - 1, int(len(durations) * 0.99))] / 1000
 
 
 def parse_h2load(out: str, requests: int) -> tuple[float, float]:
@@ -154,40 +166,22 @@ def main() -> int:
             )
         )
         targets: dict[str, tuple[int, subprocess.Popen | None]] = {"direct": (app_port, None)}
-        qp_port = free_port()
-        env = {
-            "PATH": os.environ["PATH"],
-            "SERVING_NAMESPACE": "default",
-            "SERVING_REVISION": "hello-00001",
-            "SERVING_SERVICE": "hello",
-            "SERVING_CONFIGURATION": "hello",
-            "SERVING_POD_IP": "127.0.0.1",
-            "SYSTEM_NAMESPACE": "knative-serving",
-            "SERVING_LOGGING_CONFIG": "",
-            "SERVING_LOGGING_LEVEL": "info",
-            "SERVING_POD": "hello-00001-abc",
-            "QUEUE_SERVING_PORT": str(qp_port),
-            "QUEUE_SERVING_TLS_PORT": str(free_port()),
-            "USER_PORT": str(app_port),
-            "CONTAINER_CONCURRENCY": "0",
-            "REVISION_TIMEOUT_SECONDS": "300",
-            "SERVING_REQUEST_METRICS_BACKEND": "prometheus",
-            "SERVING_READINESS_PROBE": f'{{"tcpSocket":{{"port":{app_port}}}}}',
-            "QUEUEPROXY_BIND_ADDRESS": "127.0.0.1",
-            "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS": "0.5",
-            "QUEUEPROXY_ADMIN_PORT": str(free_port()),
-            "QUEUEPROXY_METRICS_PORT": str(free_port()),
-            "QUEUEPROXY_USER_METRICS_PORT": str(free_port()),
-        }
-        qp = subprocess.Popen(
-            [sys.executable, "-m", "queueproxy"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=open(Path(work) / "queueproxy.log", "wb"),  # noqa: SIM115
+        setup = Setup(
+            app_port=app_port,
+            concurrency=0,
+            request_metrics="prometheus",
+            workdir=Path(work),
+            go_binary=os.environ.get("QP_GO_BINARY") or None,
         )
+        qp_port = free_port()
+        qp = launch("queueproxy", qp_port, setup)
         procs.append(qp)
         targets["queueproxy"] = (qp_port, qp)
+        if setup.go_binary:
+            go_port = free_port()
+            go = launch("go", go_port, setup)
+            procs.append(go)
+            targets["go"] = (go_port, go)
         if shutil.which("haproxy"):
             ha_port = free_port()
             config = Path(work) / "haproxy.cfg"
@@ -214,27 +208,25 @@ def main() -> int:
             for _ in range(args.rounds):
                 for name, (port, proc) in targets.items():
                     before = cpu_ticks(proc.pid) if proc else 0
-                    rate, mean_ms = h2load(port, args.requests, args.clients, args.streams)
+                    rate, p99_ms = h2load(port, args.requests, args.clients, args.streams)
                     used = (cpu_ticks(proc.pid) - before) / tick if proc else 0.0
-                    results[name].append((rate, mean_ms, used * 1e6 / args.requests))
+                    results[name].append((rate, p99_ms, used * 1e6 / args.requests))
             print(
                 f"h2load -c{args.clients} -m{args.streams} -n{args.requests}, "
                 f"median of {args.rounds} rounds"
             )
-            print(f"{'target':<12} {'req/s':>9} {'mean ms':>8} {'proxy CPU us/req':>17}")
+            print(f"{'target':<12} {'req/s':>9} {'p99 ms':>8} {'proxy CPU us/req':>17}")
             for name, runs in results.items():
                 rate = statistics.median(r[0] for r in runs)
-                mean_ms = statistics.median(r[1] for r in runs)
+                p99_ms = statistics.median(r[1] for r in runs)
                 cpu = statistics.median(r[2] for r in runs)
                 cpu_text = f"{cpu:17.0f}" if name != "direct" else f"{'-':>17}"
-                print(f"{name:<12} {rate:9.0f} {mean_ms:8.2f} {cpu_text}")
+                print(f"{name:<12} {rate:9.0f} {p99_ms:8.2f} {cpu_text}")
             if args.gib:
                 print(gib_streams(qp, qp_port, Path(work) / "upload"))
         finally:
             for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(10)
+                stop(proc)
     return 0
 
 

@@ -134,3 +134,7 @@ def test_h2load_report_parser() -> None:
     failed = H2LOAD_OUTPUT.replace("100 succeeded, 0 failed", "99 succeeded, 1 failed")
     with pytest.raises(ValueError):
         h2bench.parse_h2load(failed, 100)
+    # p99 from h2load's per-request log: 100 requests of 1..100 ms -> the 99th slowest.
+    log = "".join(f"1700000000{i:06d}\t200\t{(101 - i) * 1000}\n" for i in range(1, 101))
+    assert h2bench.p99_ms(log) == 100.0
+    assert h2bench.p99_ms(log + "1700000000000999\t200\t5000000\n") == 100.0
