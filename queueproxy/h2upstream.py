@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -36,8 +36,9 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
+from h2.exceptions import InvalidBodyLengthError, ProtocolError
 from h2.settings import SettingCodes
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from queueproxy.h2limits import (
     INITIAL_WINDOW,
@@ -54,7 +55,55 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class _Client(H2Connection):
+    """h2's client connection with two changes that keep one stream's trouble on that stream.
+
+    The connection to the app carries the streams of many clients, so a connection error ends
+    every one of them. A response whose DATA disagrees with its `content-length`, or a header
+    block h2 refuses after decoding it (trailers without END_STREAM, a bad `content-length`),
+    is malformed (RFC 9113 §8.1.1): a stream error, as Go's transport treats it. HPACK failures
+    stay connection errors: the header table can no longer be trusted.
+
+    A GOAWAY from the app lets the streams it names finish (RFC 9113 §6.8: a graceful shutdown,
+    as Go's `Server.Shutdown` or grpc-go's `GracefulStop` send it); h2 would refuse every later
+    frame. `H2Upstream` opens no stream on the connection once it has seen one.
+    """
+
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+    def _receive_frame(self, frame: Frame) -> list[Any]:
+        kind = type(frame)
+        if kind is DataFrame:
+            try:
+                return super()._receive_frame(frame)
+            except InvalidBodyLengthError:
+                self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
+                return self._stream_error(frame.stream_id)
+        if kind is HeadersFrame:
+            known = frame.stream_id in self.streams
+            try:
+                return super()._receive_frame(frame)
+            except ProtocolError as error:
+                # h2 raises HPACK failures `from` hpack's own error.
+                if not known or type(error) is not ProtocolError or error.__cause__ is not None:
+                    raise
+                return self._stream_error(frame.stream_id)
+        return super()._receive_frame(frame)
+
+    def _stream_error(self, sid: int) -> list[Any]:
+        try:
+            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+        except ProtocolError:
+            pass
+        return [
+            StreamReset(stream_id=sid, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
+        ]
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Any]]:
+        event = ConnectionTerminated()
+        event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 def _config() -> H2Configuration:
@@ -220,7 +269,13 @@ class H2Upstream(asyncio.Protocol):
                 stream = streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
                 if stream is not None:
                     stream.upstream = None
-                    stream.conn.upstream_reset(stream, event.error_code)  # type: ignore[attr-defined]
+                    if event.remote_reset:  # type: ignore[attr-defined]
+                        stream.conn.upstream_reset(stream, event.error_code)  # type: ignore[attr-defined]
+                    else:  # our stream error for a malformed response (`_Client`)
+                        stream.conn.upstream_failed(
+                            stream, "malformed HTTP/2 response from the app"
+                        )
+                    self._maybe_idle()
             elif kind is InformationalResponseReceived:
                 sid = event.stream_id  # type: ignore[attr-defined]
                 stream = streams.get(sid)
