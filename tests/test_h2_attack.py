@@ -1,0 +1,296 @@
+"""HTTP/2 under inputs its author did not write: hostile clients and broken apps (docs/http2.md).
+
+Real sidecar processes on 127.0.0.1; the app side is a scripted h2c server (`HostileApp`) whose
+answer to each request is chosen by the test, frame by frame, so it can send what a well-kept
+library would refuse to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset
+from h2.exceptions import ProtocolError
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
+
+from queueproxy.h2detect import valid_settings
+from tests.h2_app import serve_h2_app
+from tests.harness import Process, free_port, knative_env, running, start_sidecar
+
+pytestmark = pytest.mark.timeout(60)
+
+Handler = Callable[["HostileApp", int, bytes, bytes], Awaitable[None]]
+
+
+@dataclass
+class AppLog:
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    resets: list[tuple[int, int]] = field(default_factory=list)
+
+
+class HostileApp(asyncio.Protocol):
+    """An h2c app that hands each complete request (path, body) to the test's handler, which
+    writes what it likes: through `h2` without its checks, or as raw frames (`raw`)."""
+
+    def __init__(self, log: AppLog, handler: Handler, on_request: Handler | None) -> None:
+        self.log = log
+        self.handler = handler
+        self.on_request = on_request
+        config = H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        self.h2 = H2Connection(config)
+        self.paths: dict[int, bytes] = {}
+        self.bodies: dict[int, bytearray] = {}
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.log.connections += 1
+        self.h2.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def raw(self, frame: bytes) -> None:
+        """A frame straight onto the socket, behind h2's back."""
+        self.flush()
+        assert self.transport is not None
+        self.transport.write(frame)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError:
+            self.flush()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        for event in events:
+            if isinstance(event, RequestReceived):
+                path = dict(event.headers)[b":path"]
+                self.log.requests.append(path)
+                self.paths[event.stream_id] = path
+                self.bodies[event.stream_id] = bytearray()
+                if self.on_request is not None:
+                    asyncio.ensure_future(self.on_request(self, event.stream_id, path, b""))
+            elif isinstance(event, DataReceived):
+                self.bodies[event.stream_id] += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, StreamEnded):
+                sid = event.stream_id
+                body = bytes(self.bodies.pop(sid, b""))
+                asyncio.ensure_future(self._answer(sid, self.paths[sid], body))
+            elif isinstance(event, StreamReset):
+                self.log.resets.append((event.stream_id, event.error_code))
+        self.flush()
+
+    async def _answer(self, sid: int, path: bytes, body: bytes) -> None:
+        with contextlib.suppress(ProtocolError):
+            await self.handler(self, sid, path, body)
+        self.flush()
+
+    def answer(self, sid: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+        self.h2.send_headers(sid, [(b":status", b"200"), *headers])
+        self.h2.send_data(sid, body, end_stream=True)
+        self.flush()
+
+
+@contextlib.asynccontextmanager
+async def hostile_stack(
+    handler: Handler, on_request: Handler | None = None, **env: str
+) -> AsyncIterator[tuple[Process, AppLog]]:
+    log = AppLog()
+    loop = asyncio.get_running_loop()
+    port = free_port()
+    server = await loop.create_server(
+        lambda: HostileApp(log, handler, on_request), "127.0.0.1", port
+    )
+    try:
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(port, free_port(), **env))
+        with running(sidecar):
+            yield sidecar, log
+    finally:
+        server.close()
+
+
+def h2_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(http2=True, http1=False, timeout=10)
+
+
+# -- Upgrade: h2c with HTTP2-Settings out of bounds ---------------------------------------------
+
+
+def _settings(code: int, value: int) -> bytes:
+    return base64.urlsafe_b64encode(struct.pack(">HI", code, value)).rstrip(b"=")
+
+
+OUT_OF_BOUNDS = [
+    (0x2, 2),  # ENABLE_PUSH
+    (0x4, 2**31),  # INITIAL_WINDOW_SIZE
+    (0x5, 16383),  # MAX_FRAME_SIZE below the minimum
+    (0x5, 2**24),  # MAX_FRAME_SIZE above the maximum
+    (0x8, 2),  # ENABLE_CONNECT_PROTOCOL
+]
+
+
+def test_settings_values_out_of_bounds_are_not_valid_http2_settings() -> None:
+    for code, value in OUT_OF_BOUNDS:
+        assert not valid_settings(_settings(code, value)), (code, value)
+    for code, value in [(0x2, 0), (0x4, 2**31 - 1), (0x5, 2**24 - 1), (0x1, 2**32 - 1), (9, 7)]:
+        assert valid_settings(_settings(code, value)), (code, value)
+
+
+def _upgrade_exchange(port: int, settings: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(
+            b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\n"
+        )
+        answer = b""
+        while b"hello h1" not in answer and b"\r\n\r\n\x00" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+async def test_an_upgrade_with_settings_out_of_bounds_is_served_as_http1_and_drain_works() -> None:
+    # Such settings made h2 raise after the 101 was out: the client got a dead connection, and
+    # the half-made HTTP/2 connection stayed registered, so the drain wrote to a closed
+    # transport and the sidecar died with a traceback instead of draining.
+    async with serve_h2_app() as (app_port, record):
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+        with running(sidecar):
+            for code, value in OUT_OF_BOUNDS:
+                answer = await asyncio.to_thread(
+                    _upgrade_exchange, sidecar.port, _settings(code, value)
+                )
+                assert answer.startswith(b"HTTP/1.1 200 OK"), (code, value, answer[:80])
+                assert answer.endswith(b"hello h1")
+            assert await asyncio.to_thread(sidecar.terminate) == 0
+            output = sidecar.output()
+    assert "Traceback" not in output
+    assert [r[0] for r in record.requests] == [b"HTTP/1.1"] * len(OUT_OF_BOUNDS)
+
+
+# -- A malformed response is that stream's problem alone ----------------------------------------
+
+
+MALFORMED = {
+    "longer than content-length": ([(b"content-length", b"3")], b"more than three"),
+    "shorter than content-length": ([(b"content-length", b"30")], b"short"),
+    "content-length not a number": ([(b"content-length", b"abc")], b"abc"),
+    "conflicting content-lengths": ([(b"content-length", b"3"), (b"content-length", b"4")], b"abc"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MALFORMED))
+async def test_a_malformed_response_fails_its_stream_not_the_others_on_the_app_connection(
+    kind: str,
+) -> None:
+    # The app connection carries the streams of every client: h2 made these connection errors,
+    # so one bad response cut every other client's request in flight (502 EOF).
+    headers, body = MALFORMED[kind]
+
+    async def handler(app: HostileApp, sid: int, path: bytes, _: bytes) -> None:
+        if path == b"/slow":
+            await asyncio.sleep(0.8)
+            app.answer(sid, b"slow ok")
+        elif path == b"/bad":
+            app.answer(sid, body, *headers)
+        else:
+            app.answer(sid, b"ok")
+
+    async with hostile_stack(handler) as (sidecar, log):
+        async with h2_client() as victim, h2_client() as attacker:
+            assert (await victim.get(f"{sidecar.url}/warm")).status_code == 200
+            slow = asyncio.ensure_future(victim.get(f"{sidecar.url}/slow"))
+            await asyncio.sleep(0.3)
+            try:
+                bad = await attacker.get(f"{sidecar.url}/bad")
+            except httpx.RemoteProtocolError:
+                pass  # reset once its response had begun: fine
+            else:
+                assert bad.status_code == 502
+            response = await slow
+            assert (response.status_code, response.text) == (200, "slow ok")
+            after = await attacker.get(f"{sidecar.url}/after")
+            assert (after.status_code, after.text) == (200, "ok")
+    assert log.connections == 1  # all of it on the one app connection, which survived
+
+
+# -- The app's GOAWAY: a graceful shutdown lets its streams finish ------------------------------
+
+
+@pytest.mark.parametrize("last", ["this stream", "2^31-1"])
+async def test_an_app_goaway_lets_the_streams_it_names_finish(last: str) -> None:
+    # grpc-go's GracefulStop and Go's Server.Shutdown send GOAWAY and finish the streams it
+    # names; h2 refused every frame after it, so each of them became a 502.
+    async def on_request(app: HostileApp, sid: int, path: bytes, _: bytes) -> None:
+        if path == b"/upload":
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = sid if last == "this stream" else 2**31 - 1
+            app.raw(frame.serialize())
+
+    async def handler(app: HostileApp, sid: int, path: bytes, body: bytes) -> None:
+        if path == b"/upload":
+            await asyncio.sleep(0.2)
+            app.answer(sid, b"got %d" % len(body))
+        else:
+            app.answer(sid, b"ok")
+
+    body = b"u" * (300 * 1024)  # several windows: most of it goes after the GOAWAY
+    async with hostile_stack(handler, on_request) as (sidecar, log), h2_client() as client:
+        response = await client.post(f"{sidecar.url}/upload", content=body)
+        assert (response.status_code, response.text) == (200, f"got {len(body)}")
+        after = await client.get(f"{sidecar.url}/after")
+        assert (after.status_code, after.text) == (200, "ok")
+    assert log.connections == 2  # nothing new went on the connection going away
+
+
+async def test_streams_beyond_the_apps_goaway_get_502_and_are_not_retried() -> None:
+    # Not processed by the app (RFC 9113 §6.8): answered 502 and never sent again, whatever
+    # the method (the sidecar does not retry).
+    async def handler(app: HostileApp, sid: int, path: bytes, _: bytes) -> None:
+        if path == b"/first":
+            await asyncio.sleep(0.5)
+            app.answer(sid, b"first")
+        else:
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = 1
+            app.raw(frame.serialize())
+            await asyncio.sleep(0.3)
+            # a late answer on a stream the app disowned: must not reach anybody
+            app.raw(
+                HeadersFrame(
+                    sid, app.h2.encoder.encode([(b":status", b"200")]), flags=["END_HEADERS"]
+                ).serialize()
+                + DataFrame(sid, b"disowned", flags=["END_STREAM"]).serialize()
+            )
+
+    async with hostile_stack(handler) as (sidecar, log), h2_client() as client:
+        first = asyncio.ensure_future(client.get(f"{sidecar.url}/first"))
+        await asyncio.sleep(0.1)
+        second = await client.post(f"{sidecar.url}/second", content=b"x")
+        assert (await first).text == "first"
+    assert second.status_code == 502
+    assert log.requests.count(b"/second") == 1
