@@ -224,6 +224,7 @@ class Stream:
         "response_done",
         "response_trailers",
         "timer",
+        "informational_bytes",
     )
 
     def __init__(self, conn: H2ServerConnection, sid: int, method: bytes, target: bytes) -> None:
@@ -259,6 +260,7 @@ class Stream:
         self.response_done = False
         self.response_trailers: Headers | None = None
         self.timer: RequestTimer | None = None
+        self.informational_bytes = 0  # 1xx header fields from the app so far (h2upstream)
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header, by lower-case name."""

@@ -30,6 +30,8 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     InformationalResponseReceived,
+    PingReceived,
+    RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
     StreamReset,
@@ -38,12 +40,15 @@ from h2.events import (
 )
 from h2.exceptions import InvalidBodyLengthError, ProtocolError
 from h2.settings import SettingCodes
+from hpack.exceptions import HPACKError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from queueproxy.h2limits import (
     INITIAL_WINDOW,
     MAX_CLOSED_STREAMS,
     MAX_HEADER_LIST_SIZE,
+    MAX_INFORMATIONAL_BYTES,
+    MAX_QUEUED_CONTROL_FRAMES,
     UPSTREAM_CONNECTION_WINDOW,
 )
 from queueproxy.upstream import UpstreamPool, dial_error, read_error
@@ -54,6 +59,9 @@ if TYPE_CHECKING:
 Headers = list[tuple[bytes, bytes]]
 
 
+_HPACK_FAILURES = (HPACKError, IndexError, TypeError, UnicodeDecodeError)
+
+
 class _Client(H2Connection):
     """h2's client connection with two changes that keep one stream's trouble on that stream.
 
@@ -62,6 +70,10 @@ class _Client(H2Connection):
     block h2 refuses after decoding it (trailers without END_STREAM, a bad `content-length`),
     is malformed (RFC 9113 §8.1.1): a stream error, as Go's transport treats it. HPACK failures
     stay connection errors: the header table can no longer be trusted.
+
+    The same goes for a 1xx response on a stream we have reset (the client went away while the
+    app sent `100 Continue` or `103 Early Hints`): h2 makes it a connection error, where RFC 9113
+    §5.1 says frames in flight after RST_STREAM are ignored.
 
     A GOAWAY from the app lets the streams it names finish (RFC 9113 §6.8: a graceful shutdown,
     as Go's `Server.Shutdown` or grpc-go's `GracefulStop` send it); h2 would refuse every later
@@ -83,8 +95,12 @@ class _Client(H2Connection):
             try:
                 return super()._receive_frame(frame)
             except ProtocolError as error:
-                # h2 raises HPACK failures `from` hpack's own error.
-                if not known or type(error) is not ProtocolError or error.__cause__ is not None:
+                # h2 raises HPACK failures `from` hpack's own error (or these built-ins).
+                if (
+                    not known
+                    or type(error) is not ProtocolError
+                    or isinstance(error.__cause__, _HPACK_FAILURES)
+                ):
                     raise
                 return self._stream_error(frame.stream_id)
         return super()._receive_frame(frame)
@@ -160,6 +176,16 @@ def malformed(fields: Headers, trailers: bool = False) -> str:
     return ""
 
 
+def malformed_informational(fields: Headers, stream: Stream) -> str:
+    """`malformed`, plus what a 1xx response from the app must not be: 101 (RFC 9113 §8.6),
+    or more 1xx header fields on the stream than MAX_INFORMATIONAL_BYTES."""
+    if fields and fields[0] == (b":status", b"101"):
+        return "101 Switching Protocols over HTTP/2"
+    if stream.informational_bytes > MAX_INFORMATIONAL_BYTES:
+        return "too many 1xx responses"
+    return malformed(fields)
+
+
 class H2Upstream(asyncio.Protocol):
     """One h2c connection to the app, carrying many streams."""
 
@@ -173,6 +199,7 @@ class H2Upstream(asyncio.Protocol):
         self.closed = False
         self.going_away = False  # GOAWAY received: no new streams
         self.flush_pending = False
+        self.queued_control = 0  # PING/SETTINGS answered while the app does not read us
 
     # -- Protocol interface --------------------------------------------------------------------
 
@@ -205,6 +232,7 @@ class H2Upstream(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.queued_control = 0
         for stream in list(self.streams.values()):
             stream.conn.upstream_writable(stream)
 
@@ -281,8 +309,17 @@ class H2Upstream(asyncio.Protocol):
                 stream = streams.get(sid)
                 if stream is not None:
                     headers = event.headers  # type: ignore[attr-defined]
-                    if not self._refused(sid, stream, malformed(headers)):
+                    stream.informational_bytes += sum(32 + len(n) + len(v) for n, v in headers)
+                    if not self._refused(sid, stream, malformed_informational(headers, stream)):
                         stream.conn.informational(stream, headers)
+            elif kind is PingReceived or kind is RemoteSettingsChanged:
+                # Each is answered; an app that does not read the answers gets them queued
+                # here, so only so many (Go's rule).
+                if self.paused:
+                    self.queued_control += 1
+                    if self.queued_control > MAX_QUEUED_CONTROL_FRAMES:
+                        self.abort()
+                        return
             elif kind is ConnectionTerminated:
                 self.going_away = True
                 self.pool.forget(self)

@@ -19,15 +19,28 @@ import httpx
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset
+from h2.errors import ErrorCodes
+from h2.events import (
+    DataReceived,
+    InformationalResponseReceived,
+    RequestReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+)
 from h2.exceptions import ProtocolError
-from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, PingFrame
 
 from queueproxy.h2detect import valid_settings
+from queueproxy.h2limits import MAX_QUEUED_CONTROL_FRAMES
+from queueproxy.h2upstream import H2Upstream, H2UpstreamPool
 from tests.h2_app import serve_h2_app
 from tests.harness import Process, free_port, knative_env, running, start_sidecar
+from tests.test_h2_e2e import RawH2
 
 pytestmark = pytest.mark.timeout(60)
+
+PREFACE_LESS_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
 
 Handler = Callable[["HostileApp", int, bytes, bytes], Awaitable[None]]
 
@@ -35,6 +48,7 @@ Handler = Callable[["HostileApp", int, bytes, bytes], Awaitable[None]]
 @dataclass
 class AppLog:
     connections: int = 0
+    lost: int = 0
     requests: list[bytes] = field(default_factory=list)
     resets: list[tuple[int, int]] = field(default_factory=list)
 
@@ -63,6 +77,9 @@ class HostileApp(asyncio.Protocol):
         self.log.connections += 1
         self.h2.initiate_connection()
         self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.log.lost += 1
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -120,9 +137,13 @@ async def hostile_stack(
     log = AppLog()
     loop = asyncio.get_running_loop()
     port = free_port()
-    server = await loop.create_server(
-        lambda: HostileApp(log, handler, on_request), "127.0.0.1", port
-    )
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # A small receive buffer (inherited by accepted sockets): an app that stops reading is
+    # noticed after kilobytes, not after the kernel's megabytes.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", port))
+    server = await loop.create_server(lambda: HostileApp(log, handler, on_request), sock=listener)
     try:
         sidecar = await asyncio.to_thread(start_sidecar, knative_env(port, free_port(), **env))
         with running(sidecar):
@@ -294,3 +315,129 @@ async def test_streams_beyond_the_apps_goaway_get_502_and_are_not_retried() -> N
         assert (await first).text == "first"
     assert second.status_code == 502
     assert log.requests.count(b"/second") == 1
+
+
+# -- 1xx responses from the app -------------------------------------------------------------------
+
+
+def _informational(app: HostileApp, sid: int, status: bytes, value: bytes) -> bytes:
+    block = app.h2.encoder.encode([(b":status", status), (b"link", value)])
+    return HeadersFrame(sid, block, flags=["END_HEADERS"]).serialize()
+
+
+async def test_endless_1xx_responses_are_not_forwarded_without_bound() -> None:
+    # 1xx responses carry no flow control: every one was forwarded, so an app sending them
+    # without end to a client that does not read grew the sidecar's memory without bound.
+    async def handler(app: HostileApp, sid: int, path: bytes, _: bytes) -> None:
+        for index in range(300):
+            app.raw(_informational(app, sid, b"103", b"</%d>; rel=preload" % index + b"a" * 1024))
+        app.answer(sid, b"after hints")
+
+    async with hostile_stack(handler) as (sidecar, _):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        sid = client.request("/hints")
+        await asyncio.to_thread(
+            client.until,
+            lambda: any(
+                isinstance(e, (StreamEnded, StreamReset)) and e.stream_id == sid
+                for e in client.events
+            ),
+        )
+        client.close()
+    hints = [e for e in client.events if isinstance(e, InformationalResponseReceived)]
+    assert 0 < len(hints) < 100  # the first 64 KiB of them, then the stream fails
+    final = [
+        int(dict(e.headers)[b":status"]) for e in client.events if isinstance(e, ResponseReceived)
+    ]
+    assert final in ([502], [])
+
+
+async def test_a_101_from_the_app_is_not_forwarded() -> None:
+    async def handler(app: HostileApp, sid: int, path: bytes, _: bytes) -> None:
+        app.raw(_informational(app, sid, b"101", b"x"))
+        app.answer(sid, b"switched?")
+
+    async with hostile_stack(handler) as (sidecar, _), h2_client() as client:
+        response = await client.get(f"{sidecar.url}/switch")
+    assert response.status_code == 502  # RFC 9113 §8.6: no 101 in HTTP/2
+
+
+async def test_a_1xx_on_a_stream_the_client_reset_leaves_the_app_connection_alone() -> None:
+    # The client cancels while the app sends 103 Early Hints: h2 made the late 1xx a connection
+    # error, cutting every other client's request on the app connection.
+    async def handler(app: HostileApp, sid: int, path: bytes, _: bytes) -> None:
+        if path == b"/slow":
+            await asyncio.sleep(1.0)
+            app.answer(sid, b"slow ok")
+            return
+        if path != b"/early":
+            app.answer(sid, b"ok")
+            return
+        while not any(reset_sid == sid for reset_sid, _ in app.log.resets):
+            await asyncio.sleep(0.01)
+        app.raw(_informational(app, sid, b"103", b"</late>"))
+
+    async with hostile_stack(handler) as (sidecar, log), h2_client() as victim:
+        slow = asyncio.ensure_future(victim.get(f"{sidecar.url}/slow"))
+        await asyncio.sleep(0.2)
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        sid = client.request("/early")
+        await asyncio.sleep(0.2)
+        client.h2.reset_stream(sid, ErrorCodes.CANCEL)
+        client.flush()
+        response = await slow
+        assert (response.status_code, response.text) == (200, "slow ok")
+        client.close()
+    assert log.connections == 1
+
+
+# -- Control frames from an app that does not read -------------------------------------------------
+
+
+class _FullTransport(asyncio.Transport):
+    """The socket to an app whose buffer is full: it keeps what is written and notes a close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written += data
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+async def test_an_app_that_pings_without_reading_the_answers_is_cut_off() -> None:
+    # Each PING (and SETTINGS) is answered; an app that never read the answers had them queued
+    # in the sidecar without bound. In process: end to end, h2 takes a minute to parse enough
+    # PINGs to get past the kernel's socket buffers.
+    pool = H2UpstreamPool(asyncio.get_running_loop(), "127.0.0.1", free_port())
+    upstream = H2Upstream(pool)
+    transport = _FullTransport()
+    upstream.connection_made(transport)
+    app = H2Connection(H2Configuration(client_side=False))
+    app.initiate_connection()
+    app.receive_data(bytes(transport.written))
+    upstream.data_received(app.data_to_send())
+    upstream.pause_writing()  # the app stopped reading
+    ping = PingFrame(0, b"12345678").serialize()
+    for _ in range(MAX_QUEUED_CONTROL_FRAMES // 1000):
+        upstream.data_received(ping * 1000)
+    assert not transport.closing  # so many are allowed, as in Go
+    upstream.data_received(ping)
+    assert transport.closing
+    # Reading again resets the count.
+    other = H2Upstream(pool)
+    busy = _FullTransport()
+    other.connection_made(busy)
+    other.pause_writing()
+    other.data_received(PREFACE_LESS_SETTINGS + ping * (MAX_QUEUED_CONTROL_FRAMES - 1))
+    other.resume_writing()
+    other.pause_writing()
+    other.data_received(ping * 100)
+    assert not busy.closing
