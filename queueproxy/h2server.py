@@ -258,8 +258,12 @@ class H2ServerConnection(asyncio.Protocol):
                     return self._calm()
                 self._window_updated(0)
             elif kind is ConnectionTerminated:
-                self._close_connection()
-                return
+                if event.error_code or not self.streams:  # type: ignore[attr-defined]
+                    self._close_connection()
+                    return
+                # A graceful GOAWAY: no new streams; close once the open ones are answered.
+                if self.goaway_last < 0:
+                    self.goaway_last = self.h2.highest_inbound_stream_id
             if self.closed:
                 return
         self.flush()

@@ -39,6 +39,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import InvalidBodyLengthError, ProtocolError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hpack.exceptions import HPACKError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
@@ -62,6 +63,27 @@ Headers = list[tuple[bytes, bytes]]
 _HPACK_FAILURES = (HPACKError, IndexError, TypeError, UnicodeDecodeError)
 
 
+class EagerFrameBuffer(FrameBuffer):
+    """h2's frame buffer, checking a frame's length as soon as its 9-byte header is in.
+
+    h2 checks it against SETTINGS_MAX_FRAME_SIZE only once the whole frame has arrived, so a
+    peer declaring a 16 MiB frame (the 24-bit maximum, 1024 times ours) made us buffer up to
+    16 MiB per connection, for as long as it cared to trickle the bytes. RFC 9113 §4.2: a frame
+    over the limit is a FRAME_SIZE_ERROR, which h2 then answers with GOAWAY as before.
+    """
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9:
+            self._validate_frame_length(int.from_bytes(data[:3], "big"))
+        return super().__next__()
+
+
+def eager_frame_buffer(connection: H2Connection) -> None:
+    """Give `connection` an `EagerFrameBuffer` (called from its `__init__`)."""
+    connection.incoming_buffer.__class__ = EagerFrameBuffer
+
+
 class _Client(H2Connection):
     """h2's client connection with two changes that keep one stream's trouble on that stream.
 
@@ -81,6 +103,10 @@ class _Client(H2Connection):
     """
 
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        eager_frame_buffer(self)
 
     def _receive_frame(self, frame: Frame) -> list[Any]:
         kind = type(frame)

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -35,7 +36,14 @@ from queueproxy.h2detect import valid_settings
 from queueproxy.h2limits import MAX_QUEUED_CONTROL_FRAMES
 from queueproxy.h2upstream import H2Upstream, H2UpstreamPool
 from tests.h2_app import serve_h2_app
-from tests.harness import Process, free_port, knative_env, running, start_sidecar
+from tests.harness import (
+    Process,
+    free_port,
+    knative_env,
+    raw_exchange,
+    running,
+    start_sidecar,
+)
 from tests.test_h2_e2e import RawH2
 
 pytestmark = pytest.mark.timeout(60)
@@ -441,3 +449,121 @@ async def test_an_app_that_pings_without_reading_the_answers_is_cut_off() -> Non
     other.pause_writing()
     other.data_received(ping * 100)
     assert not busy.closing
+
+
+# -- Frames larger than SETTINGS_MAX_FRAME_SIZE ---------------------------------------------------
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _oversized_frame_answer(port: int) -> tuple[bytes, bool]:
+    """Send the header of a 16 MiB DATA frame and 64 KiB of its body; what comes back within
+    two seconds, and whether the sidecar closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        sock.sendall((2**24 - 1).to_bytes(3, "big") + b"\x00\x00\x00\x00\x00\x01")
+        sock.sendall(b"\x00" * 65536)
+        sock.settimeout(2)
+        received = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+            return received, True
+        return received, False
+
+
+async def test_an_oversized_frame_is_refused_at_its_header_not_buffered() -> None:
+    # h2 read a whole frame before checking its length against our 16 KiB limit: a client could
+    # make the sidecar hold 16 MiB per connection, trickling the bytes for as long as it liked.
+    async with serve_h2_app() as (app_port, _):
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+        with running(sidecar):
+            received, closed = await asyncio.to_thread(_oversized_frame_answer, sidecar.port)
+            async with h2_client() as client:
+                assert (await client.get(f"{sidecar.url}/other")).status_code == 200
+    assert closed
+    goaway = received.find(b"\x07\x00\x00\x00\x00\x00")  # type GOAWAY, no flags, stream 0
+    assert goaway > 0
+    code = received[goaway + 10 : goaway + 14]
+    assert int.from_bytes(code, "big") == ErrorCodes.FRAME_SIZE_ERROR
+
+
+async def test_an_oversized_frame_from_the_app_is_refused_at_its_header() -> None:
+    async def handler(app: HostileApp, sid: int, path: bytes, _: bytes) -> None:
+        app.h2.send_headers(sid, [(b":status", b"200")])
+        app.flush()
+        app.raw((2**24 - 1).to_bytes(3, "big") + b"\x00\x00" + sid.to_bytes(4, "big"))
+        app.raw(b"x" * 65536)  # and never the rest
+
+    async with hostile_stack(handler) as (sidecar, log):
+        client = await asyncio.to_thread(RawH2(sidecar.port).start)
+        sid = client.request("/big-frame")
+        # The app connection is refused at once: 502, or a reset if the status got through.
+        await asyncio.to_thread(
+            client.until,
+            lambda: any(
+                isinstance(e, (StreamEnded, StreamReset)) and e.stream_id == sid
+                for e in client.events
+            ),
+            3,
+        )
+        client.close()
+    statuses = [
+        dict(e.headers)[b":status"] for e in client.events if isinstance(e, ResponseReceived)
+    ]
+    assert statuses in ([b"502"], [b"200"])
+    if statuses == [b"200"]:
+        assert any(isinstance(e, StreamReset) for e in client.events)
+    assert log.lost == 1
+
+
+# -- A client's GOAWAY ---------------------------------------------------------------------------
+
+
+async def test_a_clients_graceful_goaway_lets_its_requests_in_flight_finish() -> None:
+    # RFC 9113 §6.8: a client's GOAWAY is about streams the server would start; its own requests
+    # are still answered (Go's server does). They were cut.
+    async with serve_h2_app() as (app_port, record):
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+        with running(sidecar):
+            client = await asyncio.to_thread(RawH2(sidecar.port).start)
+            sid = client.request("/slow?ms=300")
+            goaway = GoAwayFrame(0)
+            goaway.last_stream_id = 0
+            client.sock.sendall(goaway.serialize())
+            answer = await asyncio.to_thread(client.response, sid)
+            assert answer == (200, b"hello h2 /slow?ms=300")
+            # and then the sidecar closes the connection
+            await asyncio.to_thread(client.until, lambda: client.closed, 3)
+            client.close()
+
+
+# -- Detection -------------------------------------------------------------------------------------
+
+
+def _split_preface(port: int, cut: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.sendall(PREFACE[:cut])
+        time.sleep(0.02)
+        sock.sendall(PREFACE[cut:] + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        return sock.recv(9)
+
+
+async def test_the_preface_split_at_every_byte_and_http1_requests_that_start_like_it() -> None:
+    async with serve_h2_app() as (app_port, record):
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+        with running(sidecar):
+            for cut in range(1, len(PREFACE)):
+                header = await asyncio.to_thread(_split_preface, sidecar.port, cut)
+                assert header[3] == 0x4, cut  # our SETTINGS: HTTP/2
+            # Not the preface, though it starts like it: HTTP/1.1 (and 505 for version 2.0).
+            answer = await asyncio.to_thread(
+                raw_exchange, sidecar.port, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", 2
+            )
+            assert answer.startswith(b"HTTP/1.1 505 ")
+            answer = await asyncio.to_thread(
+                raw_exchange, sidecar.port, b"PRIX /p HTTP/1.1\r\nHost: x\r\n\r\n", 2
+            )
+            assert answer.startswith(b"HTTP/1.1 ")
+    assert [r for r in record.requests if r[0] != b"HTTP/1.1"] == []
