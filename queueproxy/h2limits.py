@@ -46,6 +46,10 @@ MAX_QUEUED_CONTROL_FRAMES: Final = 10000
 """PING and SETTINGS frames an app may send while it does not read our answers (Go's
 `maxQueuedControlFrames`); one more and its connection is closed."""
 
+MAX_ENCODER_TABLE: Final = 4096
+"""Most bytes our HPACK encoder keeps in its dynamic table per connection, whatever the peer's
+SETTINGS_HEADER_TABLE_SIZE allows: Go's `maxEncoderHeaderTableSize` default."""
+
 MAX_CLOSED_STREAMS: Final = 1024
 """Closed streams remembered per connection to tell a late frame from a protocol error (h2
 keeps 65536 by default: several MiB per long-lived connection)."""

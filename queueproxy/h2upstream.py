@@ -41,12 +41,14 @@ from h2.events import (
 from h2.exceptions import InvalidBodyLengthError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
+from hpack import Encoder
 from hpack.exceptions import HPACKError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from queueproxy.h2limits import (
     INITIAL_WINDOW,
     MAX_CLOSED_STREAMS,
+    MAX_ENCODER_TABLE,
     MAX_HEADER_LIST_SIZE,
     MAX_INFORMATIONAL_BYTES,
     MAX_QUEUED_CONTROL_FRAMES,
@@ -79,9 +81,25 @@ class EagerFrameBuffer(FrameBuffer):
         return super().__next__()
 
 
+class CappedEncoder(Encoder):
+    """hpack's encoder with its dynamic table capped at MAX_ENCODER_TABLE, whatever
+    SETTINGS_HEADER_TABLE_SIZE the peer allows (up to 4 GiB): the table keeps every field we
+    send until it is full, so a peer allowing 4 GiB made each connection keep them all."""
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        Encoder.header_table_size.fset(self, min(value, MAX_ENCODER_TABLE))  # type: ignore[attr-defined]
+
+
 def eager_frame_buffer(connection: H2Connection) -> None:
-    """Give `connection` an `EagerFrameBuffer` (called from its `__init__`)."""
+    """Give `connection` an `EagerFrameBuffer` and a `CappedEncoder` (called from its
+    `__init__`)."""
     connection.incoming_buffer.__class__ = EagerFrameBuffer
+    connection.encoder.__class__ = CappedEncoder
 
 
 class _Client(H2Connection):
