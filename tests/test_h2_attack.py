@@ -595,3 +595,129 @@ def test_a_huge_header_table_allowed_by_the_peer_is_not_filled(side: str) -> Non
         ours.encoder.encode([(b"x-token", b"%07d" % index * 128)])  # 1 KiB, distinct
     assert ours.encoder.header_table_size <= 4096
     assert sum(32 + len(n) + len(v) for n, v in ours.encoder.header_table.dynamic_entries) <= 4096
+
+
+# -- Malformed requests never reach the app ---------------------------------------------------
+
+
+_BASE = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/p")]
+
+MALFORMED_REQUESTS = {
+    "repeated :path": _BASE + [(b":path", b"/q")],
+    "repeated :method": [(b":method", b"POST"), *_BASE],
+    "pseudo after regular": [*_BASE[:3], (b"x-a", b"1"), _BASE[3]],
+    "unknown pseudo": [*_BASE, (b":protocol", b"websocket")],
+    "response pseudo": [(b":status", b"200"), *_BASE],
+    "empty :path": [*_BASE[:3], (b":path", b"")],
+    "relative :path": [*_BASE[:3], (b":path", b"p")],
+    "absolute-form :path": [*_BASE[:3], (b":path", b"http://evil/p")],
+    "* for GET": [*_BASE[:3], (b":path", b"*")],
+    "no :scheme": [_BASE[0], _BASE[2], _BASE[3]],
+    "no :method": _BASE[1:],
+    "no authority or host": [_BASE[0], _BASE[1], _BASE[3]],
+    "host and :authority differ": [*_BASE, (b"host", b"y")],
+    "upper-case name": [*_BASE, (b"X-Upper", b"1")],
+    "space in name": [*_BASE, (b"x a", b"1")],
+    "connection": [*_BASE, (b"connection", b"keep-alive")],
+    "transfer-encoding": [*_BASE, (b"transfer-encoding", b"chunked")],
+    "upgrade": [*_BASE, (b"upgrade", b"websocket")],
+    "keep-alive": [*_BASE, (b"keep-alive", b"5")],
+    "te gzip": [*_BASE, (b"te", b"gzip")],
+    "CRLF in value": [*_BASE, (b"x-a", b"1\r\nx-injected: 2")],
+    "LF in value": [*_BASE, (b"x-a", b"1\nx-injected: 2")],
+    "NUL in value": [*_BASE, (b"x-a", b"1\x002")],
+    "CR in :path": [*_BASE[:3], (b":path", b"/p\r\nx: y")],
+    "space in :authority": [*_BASE[:2], (b":authority", b"a b"), _BASE[3]],
+    "userinfo in :authority": [*_BASE[:2], (b":authority", b"user@x"), _BASE[3]],
+    "leading space in value": [*_BASE, (b"x-a", b" 1")],
+    "bad content-length": [*_BASE, (b"content-length", b"1_0")],
+    "conflicting content-lengths": [
+        *_BASE,
+        (b"content-length", b"1"),
+        (b"content-length", b"2"),
+    ],
+}
+
+
+async def test_malformed_request_kinds_are_reset_and_never_reach_the_app() -> None:
+    async with serve_h2_app() as (app_port, record):
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+        with running(sidecar):
+            client = await asyncio.to_thread(RawH2(sidecar.port).start)
+            client.h2.config.validate_outbound_headers = False
+            client.h2.config.normalize_outbound_headers = False
+            answers = {}
+            for kind, fields in MALFORMED_REQUESTS.items():
+                sid = client.h2.get_next_available_stream_id()
+                client.h2.send_headers(sid, fields, end_stream=True)
+                client.flush()
+
+                def ended(sid: int = sid) -> bool:
+                    return any(
+                        isinstance(e, (StreamReset, StreamEnded)) and e.stream_id == sid
+                        for e in client.events
+                    )
+
+                await asyncio.to_thread(client.until, ended)
+                answers[kind] = next(
+                    (
+                        e.error_code
+                        if isinstance(e, StreamReset)
+                        else int(dict(e.headers)[b":status"])
+                        for e in client.events
+                        if isinstance(e, (StreamReset, ResponseReceived)) and e.stream_id == sid
+                    ),
+                )
+            good = client.request("/good")
+            assert await asyncio.to_thread(client.response, good) == (200, b"hello h2 /good")
+            client.close()
+    # A stream error each (or a 400 for an authority the HTTP/1 path refuses too).
+    assert {k: v for k, v in answers.items() if v not in (ErrorCodes.PROTOCOL_ERROR, 400)} == {}
+    assert [r[1] for r in record.requests] == [b"/good"]
+
+
+async def test_a_request_body_longer_than_its_content_length_is_cut_at_the_app() -> None:
+    async with serve_h2_app() as (app_port, record):
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+        with running(sidecar):
+            client = await asyncio.to_thread(RawH2(sidecar.port).start)
+            client.h2.config.validate_outbound_headers = False
+            sid = client.h2.get_next_available_stream_id()
+            post = [(b":method", b"POST"), *_BASE[1:3], (b":path", b"/echo")]
+            client.h2.send_headers(sid, [*post, (b"content-length", b"5")])
+            client.flush()
+            await asyncio.sleep(0.2)  # at the app by now
+            frame = DataFrame(sid, b"hello, and more", flags=["END_STREAM"])
+            client.sock.sendall(frame.serialize())
+            await asyncio.to_thread(
+                client.until,
+                lambda: any(
+                    isinstance(e, StreamReset) and e.stream_id == sid for e in client.events
+                ),
+            )
+            good = client.request("/after")
+            assert await asyncio.to_thread(client.response, good) == (200, b"hello h2 /after")
+            client.close()
+    assert record.completed == 1  # /after only: the app's /echo stream was cancelled
+    assert record.resets == 1
+
+
+async def test_upgrade_on_http10_or_with_pipelined_bytes_smuggles_nothing() -> None:
+    probe = H2Connection(H2Configuration(client_side=True))
+    settings = probe.initiate_upgrade_connection()
+    head = (
+        b"GET /up HTTP/1.%d\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\n"
+    )
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with serve_h2_app() as (app_port, record):
+        sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+        with running(sidecar):
+            answer = await asyncio.to_thread(raw_exchange, sidecar.port, head % 0, 2)
+            assert answer.startswith(b"HTTP/1.0 200 ") or answer.startswith(b"HTTP/1.1 200 ")
+            assert b" 101 " not in answer
+            # After a granted upgrade the bytes are HTTP/2's: an HTTP/1 request there is a
+            # connection error, never a second request.
+            answer = await asyncio.to_thread(raw_exchange, sidecar.port, head % 1 + smuggled, 2)
+            assert answer.startswith(b"HTTP/1.1 101 ")
+    assert b"/smuggled" not in [r[1] for r in record.requests]
