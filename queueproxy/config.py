@@ -128,6 +128,10 @@ class Config:
     cert_reload_seconds: float  # QUEUEPROXY_CERT_RELOAD_SECONDS: how often TLS files are re-read
     # QUEUEPROXY_READ_HEADER_TIMEOUT_SECONDS: Go's ReadHeaderTimeout, on every port
     read_header_timeout: float
+    # QUEUEPROXY_LIVE: the live page on the admin port (off in a pod, on in local mode)
+    live: bool = False
+    # QUEUEPROXY_REJECTION_LOG_INTERVAL_SECONDS: one line per reason per interval at most
+    rejection_log_interval: float = 10.0
     local: bool = False  # started with arguments (local mode): see `load`
 
 
@@ -460,6 +464,8 @@ OUR_VARIABLES: tuple[tuple[str, str, Parser, Any], ...] = (
         _float_within(0.01, math.inf),
         60.0,
     ),
+    ("live", "QUEUEPROXY_LIVE", parse_bool, False),
+    ("rejection_log_interval", "QUEUEPROXY_REJECTION_LOG_INTERVAL_SECONDS", parse_seconds, 10.0),
 )
 
 
@@ -661,6 +667,7 @@ def _local_environ(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
     env = {
         "QUEUEPROXY_BIND_ADDRESS": LOCALHOST,
         "QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS": str(LOCAL_QUIET_PERIOD),
+        "QUEUEPROXY_LIVE": "1",  # nobody else can reach 127.0.0.1: the live page is on
         "QUEUE_SERVING_TLS_PORT": "8112",
         "SERVING_POD_IP": LOCALHOST,
         "SERVING_LOGGING_CONFIG": "",

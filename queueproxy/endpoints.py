@@ -9,7 +9,11 @@ of the previous answer, which also bounds an idle kept-alive connection), and on
 answered at a time: while a handler runs (the admin port's `/wait-for-drain` may take minutes)
 or while the client does not read its answers, reading stops, so a pipelined backlog costs one
 read. No endpoint reads a request body: a request with one is answered at once and the
-connection closed. Responses are whole byte strings.
+connection closed. Responses are whole byte strings, except a `Stream` (the live page's
+server-sent events): its head goes out at once, without a length, and its body is written later
+by its owner through a `StreamWriter` until either side closes. The connection then reads no
+more requests, and a client that does not read its stream is cut once `STREAM_BUFFER_LIMIT`
+bytes wait for it, so a stream never holds more than that in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from queueproxy.h1 import (
     parse_request_head,
     skip_empty_lines,
 )
-from queueproxy.http11 import READ_HEADER_TIMEOUT, simple_response
+from queueproxy.http11 import DATE, READ_HEADER_TIMEOUT, simple_response, status_line
+
+# Bytes a stream may have waiting for a slow client before it is cut.
+STREAM_BUFFER_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +43,7 @@ class Request:
     headers: dict[bytes, bytes]  # lower-case names; last value wins
     version: bytes
     keep_alive: bool
+    query: bytes = b""  # after the `?`, undecoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +54,52 @@ class Response:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-Handler = Callable[[Request], Response | Awaitable[Response]]
+class StreamWriter:
+    """The body of a `Stream`, for its owner: `write` while `open`; `on_close` is called once
+    when the stream ends, from either side."""
+
+    __slots__ = ("_transport", "open", "on_close")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport: asyncio.Transport | None = transport
+        self.open = True
+        self.on_close: Callable[[], None] | None = None
+
+    def write(self, data: bytes) -> bool:
+        """Send `data`; False (and the stream closed) when the client is too far behind."""
+        transport = self._transport
+        if transport is None:
+            return False
+        if transport.get_write_buffer_size() + len(data) > STREAM_BUFFER_LIMIT:
+            transport.abort()  # a reader this slow gets cut, not buffered for
+            self.ended()
+            return False
+        transport.write(data)
+        return True
+
+    def close(self) -> None:
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+        self.ended()
+
+    def ended(self) -> None:
+        self._transport = None
+        if self.open:
+            self.open = False
+            if self.on_close is not None:
+                self.on_close()
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """A 200 whose body `start` writes later; the connection closes when it ends."""
+
+    content_type: bytes
+    start: Callable[[StreamWriter], None]
+
+
+Handler = Callable[[Request], Response | Stream | Awaitable[Response]]
 
 
 def not_found(_: Request) -> Response:
@@ -72,6 +125,7 @@ class EndpointProtocol(asyncio.Protocol):
         self.paused = False  # reading stopped while busy or while the client is not reading
         self.writing_paused = False
         self.header_timer: asyncio.TimerHandle | None = None
+        self.stream: StreamWriter | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -81,6 +135,8 @@ class EndpointProtocol(asyncio.Protocol):
         self._cancel_header_timer()
         self.transport = None
         self.buffer = bytearray()
+        if self.stream is not None:
+            self.stream.ended()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
@@ -136,12 +192,14 @@ class EndpointProtocol(asyncio.Protocol):
     def _begin(self, head: RequestHead) -> None:
         # No endpoint reads a body: one is not waited for (it could be endless) but answered at
         # once, and the connection closed after the answer.
+        path, _, query = head.target.partition(b"?")
         request = Request(
             head.method,
-            head.target.partition(b"?")[0] or b"/",
+            path or b"/",
             {name.lower(): value for name, value in head.headers},
             head.version,
             head.keep_alive and head.framing == NO_BODY,
+            query,
         )
         self._dispatch(request)
 
@@ -152,6 +210,9 @@ class EndpointProtocol(asyncio.Protocol):
         result = self.handler(request)
         if isinstance(result, Response):
             self._send(request, result)
+            return
+        if isinstance(result, Stream):
+            self._start_stream(request, result)
             return
         task = asyncio.ensure_future(result)
         task.add_done_callback(lambda done, r=request: self._finished(r, done))
@@ -190,6 +251,32 @@ class EndpointProtocol(asyncio.Protocol):
         if self.paused and not self.writing_paused:
             self.paused = False
             transport.resume_reading()
+
+    def _start_stream(self, request: Request, stream: Stream) -> None:
+        """The head now, then the owner writes; this connection answers nothing else."""
+        transport = self.transport
+        if transport is None:
+            return
+        self._cancel_header_timer()
+        version = request.version if request.version in (b"1.0", b"1.1") else b"1.1"
+        transport.write(
+            status_line(version, 200)
+            + b"Content-Type: "
+            + stream.content_type
+            + b"\r\nCache-Control: no-store\r\nConnection: close\r\n"
+            + DATE.line
+            + b"\r\n"
+        )
+        if request.method == b"HEAD":
+            self._close()
+            return
+        # What the client sends from now on is not read: reading stops for good.
+        self.buffer = bytearray()
+        if not self.paused:
+            self.paused = True
+            transport.pause_reading()
+        self.stream = StreamWriter(transport)
+        stream.start(self.stream)
 
     def _fail(self, status: int, body: bytes) -> None:
         if self.transport is not None:

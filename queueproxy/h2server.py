@@ -10,7 +10,8 @@ handler per stream): a `Stream` goes through the health responder, the observer,
 (one slot per stream, queued streams in the same FIFO, overflow answered `503` on that stream
 alone) and the revision timeouts exactly as an HTTP/1 `proxy.Exchange` does, with the same
 attribute names, so `DataPath`, `HealthResponder` and `RequestObserver` take either. It goes to
-the app as h2c with prior knowledge (`h2upstream`).
+the app as h2c with prior knowledge (`h2upstream`); the answer comes back through the methods
+of `h2response.ResponseSide`.
 
 Flow control is the back-pressure, in both directions: DATA is acknowledged to its sender only
 once it has been handed to the other side and that side's socket is not full, and never while the
@@ -51,18 +52,26 @@ from queueproxy.h2limits import (
     MAX_HEADER_LIST_SIZE,
     FloodGuard,
 )
+from queueproxy.h2response import ResponseSide
 from queueproxy.h2stream import (
     Headers,
     Stream,
     StrictServer,
     classify,
-    forwardable,
     malformed_request,
     server_config,
     trailers_malformed,
 )
 from queueproxy.h2upstream import H2Upstream, H2UpstreamPool
-from queueproxy.http11 import DATE, HOP_BY_HOP
+from queueproxy.http11 import HOP_BY_HOP
+from queueproxy.outcomes import (
+    BAD_REQUEST,
+    CUT,
+    QUEUE_FULL,
+    TIMEOUT,
+    UPSTREAM_RESET,
+    upstream_failure_reason,
+)
 from queueproxy.proxy import (
     ACTIVE,
     CONNECTING,
@@ -76,11 +85,6 @@ from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer
 log = logging.getLogger("queueproxy")
 
 
-_STATUS = {code: str(code).encode() for code in range(100, 600)}
-_TEXT = (b"content-type", b"text/plain; charset=utf-8")
-_NOSNIFF = (b"x-content-type-options", b"nosniff")
-
-
 def shared_pool(path: DataPath) -> H2UpstreamPool:
     """The h2c pool to the app, made with the first HTTP/2 connection."""
     pool = path.h2_pool
@@ -89,7 +93,7 @@ def shared_pool(path: DataPath) -> H2UpstreamPool:
     return pool
 
 
-class H2ServerConnection(asyncio.Protocol):
+class H2ServerConnection(ResponseSide, asyncio.Protocol):
     """One client connection speaking HTTP/2; takes over the transport from the HTTP/1 side."""
 
     def __init__(self, path: DataPath, client_ip: bytes, remote_addr: bytes) -> None:
@@ -281,6 +285,7 @@ class H2ServerConnection(asyncio.Protocol):
         reason = malformed_request(fields)
         if reason:
             # A stream error (RFC 9113 §8.1.1); it counts against the reset budget.
+            self.rejected(BAD_REQUEST, CUT, reason.encode())
             self._reset(sid, ErrorCodes.PROTOCOL_ERROR)
             if not self.flood.reset(self.loop.time()):
                 self._calm()
@@ -300,11 +305,13 @@ class H2ServerConnection(asyncio.Protocol):
         self.streams[sid] = stream
         stream.started_at = monotonic()
         if method == b"CONNECT":
+            self.rejected(BAD_REQUEST, 405, b"CONNECT is not served")
             self.respond_locally(stream, 405, b"CONNECT is not served\n")
             return
         try:
             classify(stream, fields, authority, self.client_ip, self.path.upstream_host_header)
         except ValueError as error:
+            self.rejected(BAD_REQUEST, 400, str(error).encode())
             self.respond_locally(stream, 400, str(error).encode() + b"\n")
             return
         path = self.path
@@ -328,6 +335,7 @@ class H2ServerConnection(asyncio.Protocol):
         elif admission is Admission.QUEUED:
             stream.state = QUEUED
         else:
+            self.rejected(QUEUE_FULL, 503, QUEUE_FULL_BODY)
             self.respond_locally(stream, 503, QUEUE_FULL_BODY)
 
     def start_upstream(self, stream: Stream) -> None:
@@ -406,129 +414,6 @@ class H2ServerConnection(asyncio.Protocol):
             self.h2.acknowledge_received_data(size, sid)
             self.flush_soon()
 
-    # -- Responses -----------------------------------------------------------------------------
-
-    def response_head(self, stream: Stream, fields: Headers, end_stream: bool = False) -> None:
-        if stream.state == DONE:
-            return
-        status = 0
-        headers: Headers = []
-        has_date = False
-        for name, value in fields:
-            if name == b":status":
-                status = int(value)
-            elif name not in HOP_BY_HOP:
-                if name == b"date":
-                    has_date = True
-                headers.append((name, value))
-        if not has_date:
-            headers.append((b"date", DATE.line[6:-2]))
-        stream.status = status
-        stream.response_started = True
-        self._wrote(stream)
-        headers.insert(0, (b":status", _STATUS.get(status) or str(status).encode()))
-        self.h2.send_headers(stream.sid, headers, end_stream=end_stream)
-        if end_stream:
-            self._finish(stream)
-        self.flush_soon()
-
-    def informational(self, stream: Stream, fields: Headers) -> None:
-        if stream.state != DONE:
-            self.h2.send_headers(stream.sid, [(n, v) for n, v in fields if n not in HOP_BY_HOP])
-            self.flush_soon()
-
-    def response_data(self, stream: Stream, data: bytes, size: int) -> None:
-        upstream = stream.upstream
-        if stream.state == DONE:
-            if upstream is not None:
-                upstream.ack(stream.upstream_id, size)
-            return
-        if upstream is not None and size > len(data):
-            upstream.ack(stream.upstream_id, size - len(data))
-        stream.to_client += data
-        self._pump_response(stream)
-
-    def response_end(self, stream: Stream) -> None:
-        """The app ended its response (trailers, if any, are in `response_trailers`)."""
-        if stream.state == DONE:
-            return
-        if not stream.response_started:
-            self.response_head(stream, [(b":status", b"200")])
-        stream.response_done = True
-        self._pump_response(stream)
-
-    def _pump_response(self, stream: Stream) -> None:
-        if self.writing_paused or stream.state == DONE:
-            return
-        h2 = self.h2
-        sid = stream.sid
-        pending = stream.to_client
-        sent = 0
-        while pending:
-            room = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
-            if room <= 0:
-                break
-            chunk = bytes(pending[:room])
-            del pending[:room]
-            h2.send_data(sid, chunk)
-            sent += len(chunk)
-        if sent:
-            stream.response_bytes += sent
-            self._wrote(stream)
-            upstream = stream.upstream
-            if upstream is not None:
-                upstream.ack(stream.upstream_id, sent)
-        if not pending and stream.response_done:
-            trailers = stream.response_trailers
-            if trailers:
-                h2.send_headers(sid, forwardable(trailers), end_stream=True)
-            else:
-                h2.end_stream(sid)
-            self._finish(stream)
-        self.flush_soon()
-
-    def _window_updated(self, sid: int) -> None:
-        if sid:
-            stream = self.streams.get(sid)
-            if stream is not None and (stream.to_client or stream.response_done):
-                self._pump_response(stream)
-            return
-        for stream in list(self.streams.values()):
-            if stream.to_client or stream.response_done:
-                self._pump_response(stream)
-
-    def respond_locally(
-        self,
-        stream: Stream,
-        status: int,
-        body: bytes,
-        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
-    ) -> None:
-        """Answer without (or instead of) the app, as Go's http.Error would."""
-        if stream.state == DONE or self.closed:
-            return
-        upstream = stream.upstream
-        if upstream is not None:
-            upstream.cancel(stream)
-        stream.status = status
-        stream.response_started = True
-        headers: Headers = [(b":status", _STATUS[status]), (b"date", DATE.line[6:-2])]
-        if body:
-            headers += [_TEXT, _NOSNIFF]
-        headers += [(name.lower(), value) for name, value in extra_headers]
-        headers.append((b"content-length", b"%d" % len(body)))
-        head_only = stream.method == b"HEAD" or not body
-        self.h2.send_headers(stream.sid, headers, end_stream=head_only)
-        if head_only:
-            stream.response_bytes = len(body)
-            self._finish(stream)
-        else:
-            stream.to_client[:] = body
-            stream.response_done = True
-            stream.response_trailers = None
-            self._pump_response(stream)
-        self.flush_soon()
-
     # -- Errors and resets ---------------------------------------------------------------------
 
     def upstream_failed(self, stream: Stream, error: str) -> None:
@@ -537,6 +422,8 @@ class H2ServerConnection(asyncio.Protocol):
         stream.upstream = None
         if stream.state == DONE:
             return
+        reason = upstream_failure_reason(error)
+        self.rejected(reason, CUT if stream.response_started else 502, error.encode())
         if stream.response_started:
             self._reset_stream(stream, ErrorCodes.INTERNAL_ERROR)
         else:
@@ -546,6 +433,7 @@ class H2ServerConnection(asyncio.Protocol):
         """The app reset its stream: so is the client's (gRPC reads the code)."""
         stream.upstream = None
         if stream.state != DONE:
+            self.rejected(UPSTREAM_RESET, CUT, b"stream reset by the app: %d" % code)
             self._reset_stream(stream, code)
 
     def _reset_received(self, event: Any) -> None:
@@ -659,6 +547,7 @@ class H2ServerConnection(asyncio.Protocol):
         self.flush()
 
     def _timed_out(self, stream: Stream) -> None:
+        self.rejected(TIMEOUT, CUT if stream.response_started else TIMEOUT_STATUS, TIMEOUT_BODY)
         if not stream.response_started:
             self.respond_locally(stream, TIMEOUT_STATUS, TIMEOUT_BODY)
             return

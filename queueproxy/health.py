@@ -15,10 +15,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from queueproxy.outcomes import BAD_REQUEST, DRAINING
 from queueproxy.proxy import DONE, ClientConnection, Exchange
 
 HEALTH_CHECK_AGENTS = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
 SHUTTING_DOWN = b"shutting down\n"
+UNEXPECTED_PROBE_VALUE = b"unexpected probe header value (not logged)"
 MISSING_HASH = b'a probe request must contain a non-empty "K-Network-Hash" header\n'
 
 
@@ -62,7 +64,8 @@ class HealthResponder:
         value = exchange.network_probe
         if value != b"queue":
             body = b"unexpected probe header value: " + (value or b"") + b"\n"
-            self._respond(conn, exchange, 400, body)
+            # The client's value goes back to it (Knative's answer), never into our log.
+            self._respond(conn, exchange, 400, body, logged=UNEXPECTED_PROBE_VALUE)
             return
         # Shared by every health check while it runs (single-flight); never cancelled here.
         probe = self.probe_app()
@@ -94,7 +97,12 @@ class HealthResponder:
         status: int,
         body: bytes,
         headers: tuple[tuple[bytes, bytes], ...] = (),
+        logged: bytes | None = None,
     ) -> None:
+        """`logged`: what the rejection log line says instead of `body`."""
+        if status == 400 or body == SHUTTING_DOWN:
+            reason = BAD_REQUEST if status == 400 else DRAINING
+            conn.rejected(reason, status, body if logged is None else logged)
         conn.respond_locally(exchange, status, body, headers)
         if self.on_probe is not None:
             self.on_probe(exchange)

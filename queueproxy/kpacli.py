@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from queueproxy.h1 import body_reader, parse_response_head
 from queueproxy.kpa import LINEAR, WEIGHTED_EXPONENTIAL, Decision, KpaConfig, KpaModel, Stat
+from queueproxy.statwire import decode_varint
 
 SCRAPE_PERIOD = 1.0  # seconds; `collector.go` `scrapeTickInterval`
 SCRAPE_TIMEOUT = 3.0  # seconds; `stats_scraper.go` `httpClientTimeout`
@@ -48,19 +49,6 @@ _DOUBLE_FIELDS = {
 }
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
 def decode_stat(data: bytes) -> Stat:
     """The proto3 `Stat` (`pkg/autoscaler/metrics/stat.proto`): 1 `pod_name` string, 2–6
     doubles, 7 `timestamp` int64 (ignored). Missing fields are 0; unknown fields are skipped;
@@ -68,10 +56,10 @@ def decode_stat(data: bytes) -> Stat:
     values: dict[str, float | str] = {}
     pos = 0
     while pos < len(data):
-        key, pos = _varint(data, pos)
+        key, pos = decode_varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            _, pos = _varint(data, pos)
+            _, pos = decode_varint(data, pos)
         elif wire == 1:
             if pos + 8 > len(data):
                 raise ValueError("truncated double")
@@ -79,7 +67,7 @@ def decode_stat(data: bytes) -> Stat:
                 values[_DOUBLE_FIELDS[number]] = struct.unpack_from("<d", data, pos)[0]
             pos += 8
         elif wire == 2:
-            length, pos = _varint(data, pos)
+            length, pos = decode_varint(data, pos)
             if pos + length > len(data):
                 raise ValueError("truncated string")
             if number == 1:

@@ -8,9 +8,12 @@ nothing that is off.
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Callable
 
 from queueproxy.breaker import Breaker
+from queueproxy.outcomes import Outcomes
 from queueproxy.proxy import Exchange
 from queueproxy.requestlog import RequestLogger
 from queueproxy.stats import RequestStats
@@ -28,6 +31,8 @@ class RequestObserver:
         request_log: RequestLogger | None,
         breaker: Breaker | None,
         era: str,
+        outcomes: Outcomes | None = None,
+        log: logging.Logger | None = None,
     ) -> None:
         self.clock = clock
         self.stats = stats
@@ -35,6 +40,10 @@ class RequestObserver:
         self.request_log = request_log if request_log is not None and request_log.enabled else None
         self.breaker = breaker
         self.route_tags = route_tag_names(era)
+        self.outcomes = outcomes if outcomes is not None else Outcomes(clock)
+        self.logger = log if log is not None else logging.getLogger("queueproxy")
+        # (finished at, wait, app) of recent requests, kept only while the live page is watched.
+        self.samples: deque[tuple[float, float, float]] | None = None
 
     def request_started(self, exchange: Exchange) -> None:
         """Called before the breaker sees the request."""
@@ -58,6 +67,12 @@ class RequestObserver:
             if self.request_log is not None:
                 self.log(exchange, now, status, probe=True)
             return
+        dispatched_at = exchange.dispatched_at
+        if dispatched_at:
+            wait, app = dispatched_at - exchange.started_at, now - dispatched_at
+            self.outcomes.observe(wait, app)
+            if self.samples is not None:
+                self.samples.append((now, wait, app))
         metrics = self.metrics
         if metrics is not None:
             metrics.observe_request(
@@ -72,6 +87,12 @@ class RequestObserver:
         """Probes never count; they are logged only when probe request logging is on."""
         if self.request_log is not None:
             self.log(exchange, self.clock(), exchange.status, probe=True)
+
+    def rejected(self, reason: str, status: int, detail: bytes) -> None:
+        """Counted always; logged at most once per reason per interval (`outcomes.Outcomes`)."""
+        message = self.outcomes.rejected(reason, status, detail.decode("latin-1"))
+        if message is not None:
+            self.logger.warning(message, extra={"reason": reason, "status": status})
 
     def _abandoned_status(self, exchange: Exchange) -> int:
         """The code Knative records for a request whose client left before any response: its

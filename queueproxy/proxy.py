@@ -58,6 +58,13 @@ from queueproxy.http11 import (
     simple_response,
     status_line,
 )
+from queueproxy.outcomes import (
+    BAD_REQUEST,
+    CUT,
+    QUEUE_FULL,
+    TIMEOUT,
+    upstream_failure_reason,
+)
 from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer, TimeoutRules
 from queueproxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -98,6 +105,10 @@ class Observer(Protocol):
     def request_finished(self, exchange: Exchange) -> None: ...
 
     def probe_answered(self, exchange: Exchange) -> None: ...
+
+    def rejected(self, reason: str, status: int, detail: bytes) -> None:
+        """The sidecar answers `status` itself (0: cuts the connection), for `reason`."""
+        ...
 
 
 class LocalResponder(Protocol):
@@ -501,6 +512,8 @@ class ClientConnection(asyncio.Protocol):
         if exchange is None:
             self._reject(error.status, error.reason.encode())
             return
+        started = exchange.response_started or exchange.state == TUNNEL
+        self.rejected(BAD_REQUEST, CUT if started else error.status, error.reason.encode())
         upstream = exchange.upstream
         if upstream is not None:
             upstream.abort()  # the app must not complete a request we could not frame
@@ -635,6 +648,7 @@ class ClientConnection(asyncio.Protocol):
         elif admission is Admission.QUEUED:
             exchange.state = QUEUED
         else:
+            self.rejected(QUEUE_FULL, 503, QUEUE_FULL_BODY)
             self.respond_locally(exchange, 503, QUEUE_FULL_BODY)
 
     def _start_timer(self) -> None:
@@ -821,6 +835,8 @@ class ClientConnection(asyncio.Protocol):
         if exchange.state == DONE:
             return
         exchange.upstream = None
+        reason = upstream_failure_reason(error)
+        self.rejected(reason, CUT if exchange.response_started else 502, error.encode())
         if exchange.response_started:
             # Part of the response is out: the only honest signal left is to cut the connection.
             exchange.keep_alive = False
@@ -967,6 +983,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _timed_out(self, exchange: Exchange) -> None:
         """504 `request timeout`, or, once the response has begun, that text and a cut."""
+        started = exchange.response_started or exchange.state == TUNNEL
+        self.rejected(TIMEOUT, CUT if started else TIMEOUT_STATUS, TIMEOUT_BODY)
         upstream = exchange.upstream
         if upstream is not None:
             exchange.upstream = None
@@ -996,6 +1014,7 @@ class ClientConnection(asyncio.Protocol):
         """Answer a malformed request and close: the stream cannot be trusted after it."""
         if self.transport is None or self.closed:
             return
+        self.rejected(BAD_REQUEST, status, reason)
         self.transport.write(simple_response(status, reason + b"\n", keep_alive=False))
         self._close()
 
@@ -1023,6 +1042,12 @@ class ClientConnection(asyncio.Protocol):
             self.reading_paused = 0
             transport.resume_reading()
         self.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def rejected(self, reason: str, status: int, detail: bytes) -> None:
+        """Report an answer the sidecar gives itself (see `Observer.rejected`)."""
+        observer = self.path.observer
+        if observer is not None:
+            observer.rejected(reason, status, detail)
 
     # -- Flow control --------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ Two layers, as in Knative's `pkg/queue/readiness/probe.go` and `pkg/queue/health
 
 - `ProbeSchedule` is the pure retry logic for one probe: which attempt to make when, and when the
   run is over. It opens no sockets and reads no clock; the caller passes `now`.
-- `Prober` runs the schedules on asyncio with the TCP and HTTP checks, single-flight: concurrent
-  callers share the run in flight, and a call after it finishes starts a new run (no caching).
+- `Prober` runs the schedules on asyncio with the TCP, HTTP and gRPC checks (the last over h2c,
+  queueproxy/h2probe.py), single-flight: concurrent callers share the run in flight, and a call
+  after it finishes starts a new run (no caching).
 
 Aggressive mode (`period_seconds == 0`, Knative's default): attempt at once and every 50 ms, each
 with a 100 ms timeout, until `success_threshold` consecutive successes, giving up after 10 s.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import ssl
 import time
 from collections import deque
@@ -30,6 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httptools
+
+from queueproxy import h2probe
 
 if TYPE_CHECKING:
     from queueproxy.config import ProbeSpec
@@ -210,8 +214,10 @@ class Prober:
         clock: Callable[[], float] = time.monotonic,
         log: logging.Logger | None = None,
         budget: float = AGGRESSIVE_BUDGET,
+        http2_auto_detection: bool = False,
     ) -> None:
         self.probes = tuple(probes)
+        self._h2c_first = http2_auto_detection
         self._clock = clock
         self._log = log if log is not None else logging.getLogger("queueproxy")
         self._budget = budget
@@ -219,11 +225,6 @@ class Prober:
         self._in_flight: asyncio.Future[bool] | None = None
         self._ready: bool | None = True if not self.probes else None
         self.last_results: deque[ProbeRun] = deque(maxlen=KEPT_RESULTS)
-        if any(spec.kind == "grpc" for spec in self.probes):
-            self._log.warning(
-                "gRPC readiness probes are checked as TCP connects: gRPC health checking "
-                "needs HTTP/2 support, which this queue-proxy does not have yet"
-            )
 
     @property
     def ready(self) -> bool:
@@ -288,7 +289,7 @@ class Prober:
             while True:
                 action = schedule.next_action(self._clock())
                 if isinstance(action, Attempt):
-                    error = await attempt(spec, action.timeout)
+                    error = await attempt(spec, action.timeout, h2c_first=self._h2c_first)
                     schedule.record(self._clock(), error is None, error or "")
                 elif isinstance(action, Wait):
                     await asyncio.sleep(max(action.until - self._clock(), 0.0))
@@ -307,12 +308,29 @@ class Prober:
             self._log.warning("not ready: %s", reason)
 
 
-async def attempt(spec: ProbeSpec, timeout: float) -> str | None:
-    """One check of `spec` within `timeout` seconds: None on success, else why it failed."""
+async def attempt(spec: ProbeSpec, timeout: float, *, h2c_first: bool = False) -> str | None:
+    """One check of `spec` within `timeout` seconds: None on success, else why it failed.
+
+    gRPC probes are `grpc.health.v1.Health/Check` over h2c (queueproxy/h2probe.py). With
+    `h2c_first` (ENABLE_HTTP2_AUTO_DETECTION), an HTTP probe is tried over h2c first and, unless
+    that answers ready, again over HTTP/1.1, every time: Knative's GET-based detection since
+    knative-v1.21 (`pkg/queue/health/probe.go`). Each of the two tries gets `timeout`.
+    """
     try:
         if spec.kind == "http":
-            return await _http_attempt(spec, timeout)
-        # TCP, exec (rewritten to TCP by the reconciler) and, for now, gRPC: connect and close.
+            _check_headers(spec.headers)
+        if spec.kind == "grpc":
+            await h2probe.grpc_probe(spec.port, spec.grpc_service, timeout, spec.host)
+            return None
+        if spec.kind == "http":
+            if not (h2c_first and spec.scheme.upper() == "HTTP"):
+                return await _http_attempt(spec, timeout)
+            h2c_error = await _h2c_attempt(spec, timeout)
+            if h2c_error is None:
+                return None
+            http1_error = await attempt(spec, timeout)
+            return None if http1_error is None else f"{http1_error} (over h2c: {h2c_error})"
+        # TCP, and exec (rewritten to TCP by the reconciler): connect and close.
         async with asyncio.timeout(timeout):
             transport, _ = await asyncio.get_running_loop().create_connection(
                 asyncio.Protocol, spec.host, spec.port
@@ -321,9 +339,60 @@ async def attempt(spec: ProbeSpec, timeout: float) -> str | None:
         return None
     except TimeoutError:
         return f"{spec.kind} probe of {spec.host}:{spec.port} timed out after {timeout:g}s"
-    except (OSError, EOFError, httptools.HttpParserError) as error:
+    except (
+        OSError,
+        EOFError,
+        httptools.HttpParserError,
+        h2probe.H2ProbeError,
+        InvalidProbeRequest,
+    ) as error:
         why = str(error) or type(error).__name__
         return f"{spec.kind} probe of {spec.host}:{spec.port} failed: {why}"
+
+
+class InvalidProbeRequest(ValueError):
+    """A probe header that cannot be sent; the message names it."""
+
+
+# RFC 9110 section 5.1 (token) and 5.5 (field-value: no CR, LF or NUL).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+# RFC 3986 section 3.3 and 3.4: what may stand in a path and query as it is; anything else, and a
+# `%` that starts no escape, is percent-encoded (as UTF-8).
+_NOT_IN_TARGET = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]+")
+
+
+def _check_headers(headers: Sequence[tuple[str, str]]) -> None:
+    """Refuse what Go's client refuses (`net/http: invalid header field ...`): a value with CR or
+    LF would smuggle a header (HTTP/1.1) or make a malformed field (HTTP/2)."""
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            raise InvalidProbeRequest(f"invalid header field name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise InvalidProbeRequest(f"invalid header field value for {name!r}")
+
+
+def request_target(path: str) -> str:
+    """The probe's `path` as an origin-form request-target (RFC 9112 section 3.2.1): a leading
+    `/`, the fragment left out, and what a path or query may not hold percent-encoded, as Go's
+    `url.URL` sends it (a space as `%20`, `€` as `%E2%82%AC`)."""
+    path = path.partition("#")[0]
+    if not path.startswith("/"):
+        path = "/" + path
+    return _NOT_IN_TARGET.sub(
+        lambda match: "".join(f"%{byte:02X}" for byte in match.group().encode()), path
+    )
+
+
+async def _h2c_attempt(spec: ProbeSpec, timeout: float) -> str | None:
+    target = request_target(spec.path)
+    try:
+        status = await h2probe.h2c_get(spec.host, spec.port, target, spec.headers, timeout)
+    except TimeoutError:
+        return f"timed out after {timeout:g}s"
+    except (OSError, h2probe.H2ProbeError) as error:
+        return str(error) or type(error).__name__
+    return None if 200 <= status < 400 else f"status code {status}"
 
 
 async def _http_attempt(spec: ProbeSpec, timeout: float) -> str | None:
@@ -362,12 +431,13 @@ def _request_bytes(spec: ProbeSpec) -> bytes:
             host_line = f"Host: {value}"  # kubelet lets a probe name its virtual host
         elif lowered not in _OURS:
             lines.append(f"{name}: {value}")
-    path = spec.path if spec.path.startswith("/") else "/" + spec.path
+    path = request_target(spec.path)
     head = [f"GET {path} HTTP/1.1", host_line, f"User-Agent: {PROBE_USER_AGENT}", *lines]
     if not any(name.lower() == "accept" for name, _ in spec.headers):
         head.append("Accept: */*")
     head += ["Connection: close", "", ""]
-    return "\r\n".join(head).encode("latin-1")
+    # Values as UTF-8, the bytes Go writes for its strings (obs-text to an HTTP/1.1 reader).
+    return "\r\n".join(head).encode()
 
 
 # Go sends only the first User-Agent, and kubelet's comes first; framing headers are ours.

@@ -13,23 +13,28 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from typing import NoReturn
+from urllib.parse import parse_qs
 
 import uvloop
 
 from queueproxy.breaker import Breaker
 from queueproxy.config import Config
 from queueproxy.drain import Drainer
-from queueproxy.endpoints import Request, Response, not_found, serve
+from queueproxy.endpoints import Request, Response, Stream, not_found, serve
 from queueproxy.health import HealthResponder
 from queueproxy.http11 import DATE
+from queueproxy.live import DRAINING, NOT_READY, READY, LiveFeed, LiveState, Tick, parse_target
+from queueproxy.live_page import PAGE
 from queueproxy.logs import setup_logging
 from queueproxy.observer import RequestObserver
+from queueproxy.outcomes import Outcomes
 from queueproxy.proxy import DataPath
 from queueproxy.readiness import Prober
 from queueproxy.requestlog import LineWriter, RequestLogger
-from queueproxy.stats import RequestStats
-from queueproxy.statwire import StatSnapshot
+from queueproxy.stats import RequestStats, StatsReport
+from queueproxy.statwire import TEXT_CONTENT_TYPE, StatSnapshot
 from queueproxy.timeouts import TimeoutRules
 from queueproxy.tls import CertificateWatcher, build_context, tls_enabled
 from queueproxy.usermetrics import UserMetrics, build_user_metrics
@@ -41,6 +46,16 @@ UNLIMITED_IDLE_CONNECTIONS = 1000
 HIJACK_DRAIN_SECONDS = 60.0
 # The autoscaler's reporting period (`reportingPeriod`).
 REPORTING_PERIOD = 1.0
+LIVE_PATHS = (b"/live", b"/live.json", b"/live/events")
+# The page is self-contained: the browser may load nothing from anywhere else.
+LIVE_PAGE_HEADERS = (
+    (b"Cache-Control", b"no-store"),
+    (
+        b"Content-Security-Policy",
+        b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        b"connect-src 'self'; img-src data:",
+    ),
+)
 # A preStop /wait-for-drain not followed by SIGTERM this soon was a container restart.
 SIGTERM_GRACE_AFTER_PRESTOP = 1.0
 
@@ -86,6 +101,7 @@ class Sidecar:
         )
         self.output = output
         self.user_metrics = self._build_user_metrics()
+        self.outcomes = Outcomes(time.monotonic, config.rejection_log_interval)
         self.data_path.observer = self.observer = RequestObserver(
             time.monotonic,
             self.stats,
@@ -93,12 +109,30 @@ class Sidecar:
             self._build_request_log(),
             self.breaker,
             config.observability.era,
+            self.outcomes,
+            log,
         )
-        self.prober = Prober(config.readiness_probes, clock=loop.time, log=log)
+        self.prober = Prober(
+            config.readiness_probes,
+            clock=loop.time,
+            log=log,
+            http2_auto_detection=config.enable_http2_auto_detection,
+        )
         self.drainer = Drainer(config.drain_quiet_period, loop)
         self.data_path.responder = HealthResponder(
             self.prober.probe_future, self.drainer, self.observer.probe_answered
         )
+        self.live: LiveState | None = None
+        self.feed: LiveFeed | None = None
+        if config.live:
+            breaker = self.breaker
+            self.live = LiveState(
+                cc,
+                breaker.queue_depth if breaker is not None else 0,
+                config.drain_quiet_period,
+                sampling=self._sample,
+            )
+            self.feed = LiveFeed(self.live)
         self.servers: list[asyncio.Server] = []
         self.cert_watcher: CertificateWatcher | None = None
         self.sigterm = asyncio.Event()
@@ -154,15 +188,6 @@ class Sidecar:
     async def start(self) -> None:
         config = self.config
         host = config.bind_address or None
-        self.servers.append(
-            await self.loop.create_server(
-                self.data_path.protocol_factory,
-                host,
-                config.queue_serving_port,
-                reuse_address=True,
-                backlog=4096,
-            )
-        )
         limit = config.read_header_timeout
         self.servers.append(await serve(self.loop, self.admin, host, config.admin_port, limit))
         self.servers.append(
@@ -176,6 +201,17 @@ class Sidecar:
             )
         if tls_enabled(config.certs_dir):
             await self._start_tls(host)
+        # The serving port opens last: once it answers, so do the admin and metrics ports
+        # (what a caller waiting for the serving port, like a test or a local pod, assumes).
+        self.servers.append(
+            await self.loop.create_server(
+                self.data_path.protocol_factory,
+                host,
+                config.queue_serving_port,
+                reuse_address=True,
+                backlog=4096,
+            )
+        )
         self._tick(self.loop.time())
 
     async def _start_tls(self, host: str | None) -> None:
@@ -201,12 +237,71 @@ class Sidecar:
         """Cut the statistics window every second and refresh the Date header."""
         now = self.loop.time()
         reported_at = time.monotonic()
-        self.snapshot.update(self.stats.report(reported_at), reported_at - self.started)
+        report = self.stats.report(reported_at)
+        self.snapshot.update(report, reported_at - self.started)
         DATE.refresh()
+        if self.live is not None:
+            self._live_tick(reported_at, report)
+        for line in self.outcomes.summaries():
+            self.log.warning(line)
         next_due = due + REPORTING_PERIOD
         if next_due <= now:  # the loop was blocked: skip, don't burst
             next_due = now + REPORTING_PERIOD
         self.ticker = self.loop.call_at(next_due, self._tick, next_due)
+
+    # -- The live page (docs/contract.md#the-live-page) ------------------------------------------
+
+    def _sample(self, samples: deque[tuple[float, float, float]] | None) -> None:
+        self.observer.samples = samples
+
+    def _live_tick(self, now: float, report: StatsReport) -> None:
+        assert self.live is not None and self.feed is not None
+        drainer = self.drainer
+        deadline = drainer.deadline
+        if drainer.draining:
+            state = DRAINING
+        else:
+            state = READY if self.prober.ready else NOT_READY
+        at_app, queued, _, _ = self.gauges()
+        self.live.record(
+            Tick(
+                now=now,
+                wall=time.time(),
+                uptime=now - self.started,
+                report=report,
+                at_app=at_app,
+                queued=queued,
+                state=state,
+                drain_left=None if deadline is None else deadline - self.loop.time(),
+                rejected=dict(self.outcomes.counts),
+            )
+        )
+        self.feed.publish()
+        if self.config.local and self.live.watched(now) and not drainer.draining:
+            # No kubelet probes a local pod: while the page is watched, probe as one would, so
+            # ready / not ready is current (one shared run at a time).
+            self.prober.probe_future()
+
+    def live_endpoint(self, request: Request) -> Response | Stream:
+        """GET /live, /live.json, /live/events (with an optional `?target=`)."""
+        assert self.live is not None and self.feed is not None
+        if request.method not in (b"GET", b"HEAD"):
+            return Response(405, b"method not allowed\n", headers=((b"Allow", b"GET, HEAD"),))
+        if request.path == b"/live":
+            return Response(200, PAGE, b"text/html; charset=utf-8", LIVE_PAGE_HEADERS)
+        query = parse_qs(request.query.decode("latin-1"))
+        try:
+            target = parse_target(query.get("target", [""])[-1])
+        except ValueError as error:
+            return Response(400, f"{error}\n".encode())
+        if request.path == b"/live.json":
+            self.live.asked(time.monotonic())
+            body = self.live.snapshot(target, history=True).encode()
+            return Response(200, body, b"application/json", ((b"Cache-Control", b"no-store"),))
+        if self.feed.full:
+            return Response(503, b"too many live viewers\n")
+        feed = self.feed
+        return Stream(b"text/event-stream", lambda writer: feed.attach(writer, target))
 
     # -- Endpoints ------------------------------------------------------------------------------
 
@@ -215,15 +310,31 @@ class Sidecar:
         if request.path != b"/metrics":
             return not_found(request)
         body, content_type = self.snapshot.body_for(request.headers.get(b"accept"))
+        if content_type == TEXT_CONTENT_TYPE:
+            body += self.our_metrics()
         return Response(200, body, content_type.encode())
 
     def user_metrics_endpoint(self, request: Request) -> Response:
         if request.path != b"/metrics" or request.method not in (b"GET", b"HEAD"):
             return not_found(request)
         assert self.user_metrics is not None
-        return Response(200, self.user_metrics.render(), self.user_metrics.content_type.encode())
+        body = self.user_metrics.render() + self.our_metrics()
+        return Response(200, body, self.user_metrics.content_type.encode())
 
-    def admin(self, request: Request) -> Response | asyncio.Future[Response]:
+    def gauges(self) -> tuple[int, int, int, int]:
+        """(at the app, queued, CC, queue capacity) now, read from the breaker; without one
+        (CC = 0) every request in flight is at the app."""
+        breaker = self.breaker
+        if breaker is None:
+            return self.stats.concurrency, 0, 0, 0
+        return breaker.in_use, breaker.waiting, breaker.capacity, breaker.queue_depth
+
+    def our_metrics(self) -> bytes:
+        return self.outcomes.render(*self.gauges())
+
+    def admin(self, request: Request) -> Response | Stream | asyncio.Future[Response]:
+        if request.path in LIVE_PATHS and self.live is not None:
+            return self.live_endpoint(request)
         if request.path != b"/wait-for-drain":
             return not_found(request)
         return asyncio.ensure_future(self.wait_for_drain())
@@ -297,6 +408,8 @@ class Sidecar:
         self.data_path.pool.close()
         if self.data_path.h2_pool is not None:
             self.data_path.h2_pool.close()
+        if self.feed is not None:
+            self.feed.close()
         if self.ticker is not None:
             self.ticker.cancel()
         if self.cert_watcher is not None:

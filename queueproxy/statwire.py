@@ -41,13 +41,35 @@ _DOUBLE_KEYS = {
 _pack_double = struct.Struct("<d").pack
 
 
-def _varint(value: int) -> bytes:
+class WireError(ValueError):
+    """Bytes that are not a well-formed protobuf encoding (or gRPC message, `grpcwire`); says
+    what is wrong."""
+
+
+def encode_varint(value: int) -> bytes:
+    """A protobuf base-128 varint, least significant group first; ValueError if negative (our
+    fields are lengths and enums, never negative)."""
+    if value < 0:
+        raise ValueError("only unsigned varints are encoded here")
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def decode_varint(data: bytes, offset: int) -> tuple[int, int]:
+    """(value, offset after it); WireError if truncated or longer than 10 bytes."""
+    value = 0
+    for index in range(10):  # 64 bits, 7 per byte
+        if offset + index >= len(data):
+            raise WireError("truncated varint")
+        byte = data[offset + index]
+        value |= (byte & 0x7F) << (7 * index)
+        if not byte & 0x80:
+            return value & 0xFFFF_FFFF_FFFF_FFFF, offset + index + 1
+    raise WireError("varint longer than 10 bytes")
 
 
 def _stat_values(
@@ -76,7 +98,7 @@ def encode_stat(
     parts = []
     if pod_name:
         name = pod_name.encode()
-        parts += (_POD_NAME_KEY, _varint(len(name)), name)
+        parts += (_POD_NAME_KEY, encode_varint(len(name)), name)
     if report is not None:
         for field, value in _stat_values(report, process_uptime, reporting_period).items():
             if value != 0.0:

@@ -45,6 +45,12 @@ DURATION_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.7
 # many distinct tags, new ones are recorded under OVERFLOW_LABEL to keep the series bounded.
 MAX_ROUTE_TAGS = 100
 OVERFLOW_LABEL = "_OTHER"
+# The whole-request family multiplies the client's route tag (101 values) and method (10) by the
+# app's status codes: with an app whose client picks the status (the sample app's `?status=`),
+# 400 codes made 404,000 series, 230 MiB and a 15 s, 878 MiB scrape. Past this many series, a
+# new combination is recorded with route tag (and, in v1.19+, method) `_OTHER`: at most this
+# many plus one per status code, and every request is still counted under its status.
+MAX_SERIES = 1000
 
 # OpenTelemetry's http.request.method rule: known methods as-is, anything else "_OTHER".
 _STANDARD_METHODS = ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT",
@@ -181,7 +187,10 @@ class RevisionMetrics:
             self._queue_depth = depth
 
     def _new_request_series(self, status: int, route_tag: str) -> Histogram:
-        bounded_tag = self._route_tags.bounded(route_tag)
+        if len(self._requests) >= MAX_SERIES:
+            bounded_tag = OVERFLOW_LABEL
+        else:
+            bounded_tag = self._route_tags.bounded(route_tag)
         pairs = self._base + self._response_pairs(status) + [("route_tag", bounded_tag)]
         series = Histogram(LATENCY_BUCKETS_MS, _label_text(pairs))
         if bounded_tag == route_tag:
@@ -287,7 +296,10 @@ class OtelMetrics:
             self._queue_depth = depth
 
     def _new_server_series(self, method: str, status: int, route_tag: str) -> Histogram:
-        bounded_tag = self._route_tags.bounded(route_tag)
+        if len(self._server) >= MAX_SERIES:
+            method = bounded_tag = OVERFLOW_LABEL
+        else:
+            bounded_tag = self._route_tags.bounded(route_tag)
         labels = _label_text(
             [
                 ("http_request_method", method),

@@ -27,6 +27,10 @@ class Settings:
     ready_after: float  # READY_AFTER_SECONDS: /healthz is 503 this long after listening
     keepalive_timeout: float  # KEEPALIVE_TIMEOUT_SECONDS: idle keep-alive connections close after
     shutdown_grace: float  # SHUTDOWN_GRACE_SECONDS: in-flight requests may run this long on SIGTERM
+    protocol: str = "http"  # SAMPLEAPP_PROTOCOL: "http" (aiohttp) or "grpc" (grpcio, h2c)
+
+
+PROTOCOLS = ("http", "grpc")
 
 
 def _port(raw: str) -> int:
@@ -37,6 +41,12 @@ def _port(raw: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError("expected a port number in 0..65535")
     return port
+
+
+def _protocol(raw: str) -> str:
+    if raw not in PROTOCOLS:
+        raise ValueError(f"expected one of {', '.join(PROTOCOLS)}")
+    return raw
 
 
 def _seconds(raw: str) -> float:
@@ -65,6 +75,8 @@ SETTINGS: tuple[tuple[str, str, str, Callable[[str], Any], Any, str], ...] = (
      "seconds before an idle keep-alive connection is closed"),
     ("shutdown_grace", "--shutdown-grace", "SHUTDOWN_GRACE_SECONDS", _seconds, 30.0,
      "seconds in-flight requests may run after SIGTERM or Ctrl-C"),
+    ("protocol", "--protocol", "SAMPLEAPP_PROTOCOL", _protocol, "http",
+     "http, or grpc: the gRPC services of sampleapp/protos/hello.proto over h2c"),
 )
 # fmt: on
 
@@ -87,6 +99,8 @@ def _flag(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 def parser() -> argparse.ArgumentParser:
     result = _ArgumentParser(
         prog="sampleapp",
+        # No prefixes: `--prot` must stay an unknown flag, not quietly become `--protocol`.
+        allow_abbrev=False,
         description="Hello {TARGET}! with knobs for load tests (see the README). Every flag "
         "defaults to its environment variable, then to the value shown.",
     )
@@ -99,6 +113,9 @@ def parser() -> argparse.ArgumentParser:
             default=None,
             help=f"{text} (default: ${variable} or {default!r})",
         )
+    result.add_argument(
+        "--grpc", dest="protocol", action="store_const", const="grpc", help="--protocol grpc"
+    )
     return result
 
 

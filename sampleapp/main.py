@@ -8,12 +8,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import uvloop
 from aiohttp import web
 
 from sampleapp.config import ConfigError, Settings, load
 from sampleapp.handlers import READINESS, Greeter, echo_headers, healthz, pid
+from sampleapp.metrics import RequestMetrics, install, measured
 from sampleapp.readiness import Readiness
 from sampleapp.streams import (
     CHECKSUMS,
@@ -32,18 +34,24 @@ def build_app(settings: Settings) -> web.Application:
     app[READINESS] = Readiness(settings.ready_after)
     app[CHECKSUMS] = PatternChecksums()
     greeter = Greeter(settings.target, FaultDice())
+    metrics = RequestMetrics()
+    install(app, metrics)
     router = app.router
-    router.add_get("/", greeter.hello)
-    router.add_get("/stream", stream)
-    router.add_get("/sse", server_sent_events)
-    router.add_get("/ws", websocket_echo)
-    router.add_route("*", "/headers", echo_headers)
-    router.add_post("/upload", upload)
-    router.add_put("/upload", upload)
-    router.add_get("/download", download)
-    router.add_get("/healthz", healthz)
-    router.add_post("/healthz", healthz)
-    router.add_get("/pid", pid)
+    routes = (
+        (router.add_get, "/", greeter.hello),  # add_get also routes HEAD
+        (router.add_get, "/stream", stream),
+        (router.add_get, "/sse", server_sent_events),
+        (router.add_get, "/ws", websocket_echo),
+        (partial(router.add_route, "*"), "/headers", echo_headers),
+        (router.add_post, "/upload", upload),
+        (router.add_put, "/upload", upload),
+        (router.add_get, "/download", download),
+        (router.add_get, "/healthz", healthz),
+        (router.add_post, "/healthz", healthz),
+        (router.add_get, "/pid", pid),
+    )
+    for add, path, handler in routes:
+        add(path, measured(path, handler, metrics))
     return app
 
 
@@ -97,4 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"sampleapp: {error}", file=sys.stderr)
         return 1
+    if settings.protocol == "grpc":
+        try:
+            from sampleapp import grpcapp  # grpcio loads only in this mode
+        except ImportError as error:
+            print(
+                f"sampleapp: SAMPLEAPP_PROTOCOL=grpc needs grpcio ({error}): "
+                "pip install 'queueproxy[grpc]'",
+                file=sys.stderr,
+            )
+            return 1
+        return asyncio.run(grpcapp.serve(settings))
     return uvloop.run(serve(settings))

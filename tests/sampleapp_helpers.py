@@ -21,6 +21,7 @@ APP_VARIABLES = (
     "READY_AFTER_SECONDS",
     "KEEPALIVE_TIMEOUT_SECONDS",
     "SHUTDOWN_GRACE_SECONDS",
+    "SAMPLEAPP_PROTOCOL",
 )
 # What every pattern body is made of (sampleapp/pattern.py), restated here so the tests
 # check the documented contract rather than the code under test.

@@ -636,8 +636,25 @@ LOCAL_DEFAULTS = dataclasses.replace(
     bind_address="127.0.0.1",
     observability=dataclasses.replace(V119_DEFAULTS, request_metrics_protocol="prometheus"),
     drain_quiet_period=1.0,  # local mode's own: Ctrl-C stops after a second without requests
+    live=True,  # the live page: opt-in in a pod, on by default on 127.0.0.1
     local=True,
 )
+
+
+def test_live_page_is_opt_in_in_a_pod_and_default_in_local_mode() -> None:
+    assert knative().live is False
+    assert knative(QUEUEPROXY_LIVE="1").live is True
+    assert knative(QUEUEPROXY_LIVE="false").live is False
+    assert load(["--local"], {"QUEUEPROXY_LIVE": "0"}).live is False
+    assert "QUEUEPROXY_LIVE" in error_of(QUEUEPROXY_LIVE="yes")
+
+
+def test_rejection_log_interval() -> None:
+    assert knative().rejection_log_interval == 10.0
+    assert knative(QUEUEPROXY_REJECTION_LOG_INTERVAL_SECONDS="0").rejection_log_interval == 0.0
+    assert "QUEUEPROXY_REJECTION_LOG_INTERVAL_SECONDS" in error_of(
+        QUEUEPROXY_REJECTION_LOG_INTERVAL_SECONDS="-1"
+    )
 
 
 def test_local_mode_defaults_need_no_environment() -> None:

@@ -20,7 +20,9 @@ import jsonschema
 import pytest
 import yaml
 
-from queueproxy.config import ConfigError, ProbeSpec, load
+from queueproxy.config import ConfigError, ProbeSpec, load, parse_probes
+from sampleapp.config import load as sampleapp_settings
+from sampleapp.grpcapp import HEALTH_SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
 KNATIVE_FILES = ROOT.parent / "shared" / "knative"
@@ -518,3 +520,94 @@ def test_both_stages_build_from_one_slim_python_base() -> None:
     order, stages = _stages(ROOT / "Dockerfile")
     external = {stages[name][0] for name in order if stages[name][0] not in stages}
     assert external == {"${PYTHON_IMAGE}"}
+
+
+def _installs(stage: str, stages: dict) -> str:
+    return " ".join(
+        arguments
+        for keyword, arguments in _effective(stage, stages)
+        if keyword == "RUN" and "pip install" in arguments
+    )
+
+
+def test_only_the_sample_app_image_gets_the_grpc_extra() -> None:
+    # grpcio and protobuf serve the sample app's gRPC mode; the sidecar never imports them.
+    _, stages = _stages(ROOT / "Dockerfile")
+
+    def venv_from(target: str) -> str:
+        [copy] = [args for keyword, args in stages[target][1] if keyword == "COPY"]
+        assert copy.endswith("/opt/venv /opt/venv")
+        return copy.split("--from=")[1].split()[0]
+
+    assert '".[grpc]"' in _installs(venv_from("sampleapp"), stages)
+    sidecar_install = _installs(venv_from("queueproxy"), stages)
+    assert "pip install --no-cache-dir . " in sidecar_install
+    assert "[" not in sidecar_install
+
+
+# --- the gRPC variant ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grpc_ksvc() -> dict[str, Any]:
+    docs = _render("knative-grpc")
+    assert [(doc["apiVersion"], doc["kind"]) for doc in docs] == [
+        ("serving.knative.dev/v1", "Service")
+    ]
+    return docs[0]
+
+
+def test_grpc_service_validates_against_knatives_crd(
+    grpc_ksvc: dict[str, Any], service_validator: jsonschema.protocols.Validator
+) -> None:
+    assert [error.message for error in service_validator.iter_errors(grpc_ksvc)] == []
+
+
+def test_a_broken_grpc_probe_fails_validation(
+    grpc_ksvc: dict[str, Any], service_validator: jsonschema.protocols.Validator
+) -> None:
+    broken = copy.deepcopy(grpc_ksvc)
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["servce"] = ""
+    assert list(service_validator.iter_errors(broken))
+
+
+def test_grpc_service_names_its_port_h2c_and_probes_grpc_health(
+    grpc_ksvc: dict[str, Any], ksvc: dict[str, Any]
+) -> None:
+    [app] = grpc_ksvc["spec"]["template"]["spec"]["containers"]
+    [port] = app["ports"]
+    assert port == {"name": "h2c", "containerPort": 8080}  # Knative's switch to HTTP/2 (8013)
+    probe = app["readinessProbe"]
+    assert set(probe) == {"grpc"}
+    assert probe["grpc"]["port"] == port["containerPort"]  # Knative lets a probe use no other
+    # What the reconciler hands the sidecar (SERVING_READINESS_PROBE), as the sidecar reads it.
+    [spec] = parse_probes(json.dumps(probe), user_port=port["containerPort"])
+    assert (spec.kind, spec.host, spec.port, spec.grpc_service) == (
+        "grpc",
+        "127.0.0.1",
+        8080,
+        "hello.Greeter",
+    )
+    # The app starts in gRPC mode from this environment, and the probed service is one it has.
+    environ = {variable["name"]: variable["value"] for variable in app["env"]}
+    settings = sampleapp_settings(environ)
+    assert settings.protocol == "grpc"
+    assert spec.grpc_service in HEALTH_SERVICES
+    # Everything else as in the HTTP variant: same image, limits and security context.
+    [http_app] = ksvc["spec"]["template"]["spec"]["containers"]
+    for key in ("image", "resources", "securityContext"):
+        assert app[key] == http_app[key], key
+
+
+def test_grpc_service_passes_strict_kubernetes_validation_as_a_pod_spec(
+    grpc_ksvc: dict[str, Any], tmp_path: Path
+) -> None:
+    # Knative's PodSpec is Kubernetes' own: a Pod made of it must pass Kubernetes' schema.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "hello-grpc"},
+        "spec": {"containers": grpc_ksvc["spec"]["template"]["spec"]["containers"]},
+    }
+    result = _kubernetes_validate([pod], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

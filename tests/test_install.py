@@ -27,12 +27,17 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _names(specs: list[str]) -> set[str]:
+    return {_normalized(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0]) for spec in specs}
+
+
 def runtime_requirements() -> set[str]:
+    return _names(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+
+
+def grpc_extra() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return {
-        _normalized(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0])
-        for spec in project["dependencies"]
-    }
+    return _names(project["optional-dependencies"]["grpc"])
 
 
 def imported_distributions() -> dict[str, set[str]]:
@@ -42,7 +47,7 @@ def imported_distributions() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for package in PACKAGES:
         names: set[str] = set()
-        for source in (ROOT / package).glob("*.py"):
+        for source in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(source.read_text())):
                 if isinstance(node, ast.Import):
                     names.update(alias.name.split(".")[0] for alias in node.names)
@@ -62,7 +67,14 @@ def test_runtime_dependencies_are_exactly_what_the_commands_import() -> None:
     # The sidecar keeps aiohttp out (see docs/design.md); the sample app is built on it.
     assert "aiohttp" not in imported["queueproxy"]
     assert "aiohttp" in imported["sampleapp"]
-    assert runtime_requirements() == imported["queueproxy"] | imported["sampleapp"]
+    # The sample app's gRPC mode needs the `grpc` extra, which the sidecar never imports: the
+    # sidecar image installs the package without extras.
+    assert grpc_extra() == {"grpcio", "grpcio-health-checking", "protobuf"}
+    assert imported["queueproxy"] <= runtime_requirements()
+    assert not imported["queueproxy"] & grpc_extra()
+    assert grpc_extra() <= imported["sampleapp"]
+    assert not runtime_requirements() & grpc_extra()
+    assert runtime_requirements() | grpc_extra() == imported["queueproxy"] | imported["sampleapp"]
 
 
 def test_test_tools_stay_in_the_test_extra() -> None:
@@ -103,8 +115,22 @@ def test_runtime_only_install_has_no_test_tools(tool_bin: Path) -> None:
     installed = {
         _normalized(path.name.split("-")[0]) for path in site_packages[0].glob("*.dist-info")
     }
-    assert {"queueproxy", "aiohttp", "uvloop", "httptools"} <= installed
-    assert not installed & {"pytest", "ruff", "grpcio-tools", "prometheus-client", "uv"}
+    assert {"queueproxy", "aiohttp", "uvloop", "httptools", "h2", "prometheus-client"} <= installed
+    assert not installed & {"pytest", "ruff", "grpcio-tools", "uv"}
+    assert not installed & {"grpcio", "protobuf"}  # the `grpc` extra was not asked for
+
+
+def test_runtime_only_install_names_the_extra_the_grpc_mode_needs(tool_bin: Path) -> None:
+    clean_env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")}
+    done = subprocess.run(
+        [tool_bin / "sampleapp", "--grpc", "--host=127.0.0.1", f"--port={free_port()}"],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "pip install 'queueproxy[grpc]'" in done.stderr
 
 
 def test_runtime_only_install_serves_the_app_through_the_sidecar(tool_bin: Path) -> None:

@@ -15,8 +15,10 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import grpc
 from aiohttp import web
 
+from sampleapp.protos import hello_pb2, hello_pb2_grpc
 from tests.harness import (
     Process,
     free_port,
@@ -297,35 +299,61 @@ async def test_aggressive_probe_is_shared_and_answers_once_the_app_recovers() ->
     assert app.health_hits <= elapsed / 0.05 + 3, (app.health_hits, elapsed)
 
 
-async def test_grpc_and_exec_probes_are_checked_as_tcp_with_one_warning() -> None:
-    app = AppDouble()
-    async with app_double(app) as app_port:
+def set_serving(port: int, serving: bool) -> None:
+    """Flip the gRPC sample app's grpc.health.v1 status (hello.Readiness/Set)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        switch = hello_pb2_grpc.ReadinessStub(channel)
+        switch.Set(hello_pb2.SetReadinessRequest(serving=serving), timeout=5)
+
+
+async def test_a_grpc_probe_makes_the_sidecar_ready_only_while_the_app_is_serving() -> None:
+    with running(start_sampleapp(SAMPLEAPP_PROTOCOL="grpc")) as app:
+        await asyncio.to_thread(set_serving, app.port, False)
         probes = json.dumps(
             [
-                {"grpc": {"port": app_port, "service": ""}, "periodSeconds": 1},
+                {"grpc": {"port": app.port, "service": "hello.Greeter"}, "periodSeconds": 1},
                 {"exec": {"command": ["true"]}, "periodSeconds": 1},  # TCP on USER_PORT
             ]
         )
-        env = knative_env(app_port, free_port(), SERVING_READINESS_PROBE=probes)
+        env = knative_env(app.port, free_port(), SERVING_READINESS_PROBE=probes)
         sidecar = await asyncio.to_thread(start_sidecar, env)
-        # The same probes of ports nobody listens on.
-        dead_port = free_port()
-        dead_grpc = {"grpc": {"port": dead_port, "service": ""}, "periodSeconds": 1}
-        env = knative_env(app_port, free_port(), SERVING_READINESS_PROBE=json.dumps(dead_grpc))
-        grpc_sidecar = await asyncio.to_thread(start_sidecar, env)
-        exec_only = {"exec": {"command": ["true"]}, "periodSeconds": 1}
-        env = knative_env(dead_port, free_port(), SERVING_READINESS_PROBE=json.dumps(exec_only))
-        exec_sidecar = await asyncio.to_thread(start_sidecar, env)
-        with running(sidecar), running(grpc_sidecar), running(exec_sidecar):
+        with running(sidecar):
             async with aiohttp.ClientSession() as client:
                 for _ in range(3):
-                    assert (await ask(client, sidecar.url, HEALTH_CHECK))[:2] == (200, "queue")
-                    for dead in (grpc_sidecar, exec_sidecar):
-                        assert (await ask(client, dead.url, HEALTH_CHECK))[:2] == (503, "")
+                    assert (await ask(client, sidecar.url, HEALTH_CHECK))[:2] == (503, "")
+                await asyncio.to_thread(set_serving, app.port, True)
+                assert (await ask(client, sidecar.url, HEALTH_CHECK))[:2] == (200, "queue")
+                await asyncio.to_thread(set_serving, app.port, False)
+                assert (await ask(client, sidecar.url, HEALTH_CHECK))[:2] == (503, "")
             sidecar.terminate()
             log = sidecar.output()
-    assert sum("gRPC readiness probes are checked as TCP" in line for line in log.splitlines()) == 1
-    assert app.seen == []
+    assert "gRPC health check status NOT_SERVING" in log
+
+
+async def test_a_grpc_probe_in_aggressive_mode_answers_once_the_app_serves() -> None:
+    # Knative's default periodSeconds 0: the kubelet's check waits while the sidecar polls.
+    with running(start_sampleapp(SAMPLEAPP_PROTOCOL="grpc", READY_AFTER_SECONDS="1")) as app:
+        probe = json.dumps({"grpc": {"port": app.port, "service": ""}})
+        env = knative_env(app.port, free_port(), SERVING_READINESS_PROBE=probe)
+        sidecar = await asyncio.to_thread(start_sidecar, env)
+        with running(sidecar):
+            async with aiohttp.ClientSession() as client:
+                status, body, _ = await ask(client, sidecar.url, HEALTH_CHECK)
+    assert (status, body) == (200, "queue")
+
+
+async def test_grpc_and_exec_probes_of_dead_ports_are_not_ready() -> None:
+    dead_port = free_port()
+    dead_grpc = {"grpc": {"port": dead_port, "service": ""}, "periodSeconds": 1}
+    env = knative_env(free_port(), free_port(), SERVING_READINESS_PROBE=json.dumps(dead_grpc))
+    grpc_sidecar = await asyncio.to_thread(start_sidecar, env)
+    exec_only = {"exec": {"command": ["true"]}, "periodSeconds": 1}
+    env = knative_env(dead_port, free_port(), SERVING_READINESS_PROBE=json.dumps(exec_only))
+    exec_sidecar = await asyncio.to_thread(start_sidecar, env)
+    with running(grpc_sidecar), running(exec_sidecar):
+        async with aiohttp.ClientSession() as client:
+            for dead in (grpc_sidecar, exec_sidecar):
+                assert (await ask(client, dead.url, HEALTH_CHECK))[:2] == (503, "")
 
 
 async def test_health_checks_are_not_cut_by_the_revision_timeout() -> None:

@@ -10,9 +10,17 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 
+import aiohttp
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import pytest
 import trustme
 
@@ -24,7 +32,11 @@ from queueproxy.readiness import (
     Prober,
     ProbeSchedule,
     Wait,
+    attempt,
+    request_target,
 )
+from sampleapp.protos import hello_pb2, hello_pb2_grpc
+from tests.sampleapp_helpers import RunningApp, start_app
 
 # --- ProbeSchedule --------------------------------------------------------------------------
 
@@ -506,20 +518,6 @@ async def test_failed_aggressive_attempts_are_not_logged(log: tuple[logging.Logg
     assert lines.lines[0][1].startswith("not ready: aggressive probe error (failed ")
 
 
-async def test_grpc_is_checked_as_tcp_with_one_warning(log: tuple[logging.Logger, Lines]) -> None:
-    logger, lines = log
-    app = HttpApp()
-    async with serve(app) as port:
-        grpc = ProbeSpec(kind="grpc", host="127.0.0.1", port=port)
-        prober = Prober([grpc, grpc], log=logger)
-        warnings = [message for level, message in lines.lines if level == "WARNING"]
-        assert len(warnings) == 1
-        assert "HTTP/2" in warnings[0]
-        assert await prober.probe() is True
-        assert await prober.probe() is True
-    assert len([level for level, _ in lines.lines if level == "WARNING"]) == 1
-
-
 async def test_last_results_keeps_ten() -> None:
     app = HttpApp()
     async with serve(app) as port:
@@ -528,3 +526,247 @@ async def test_last_results_keeps_ten() -> None:
             await prober.probe()
     assert len(prober.last_results) == 10
     assert all(run.ready and run.finished >= run.started for run in prober.last_results)
+
+
+# --- gRPC probes against the sample app in gRPC mode -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grpc_app() -> Iterator[RunningApp]:
+    running = start_app(SAMPLEAPP_PROTOCOL="grpc")
+    yield running
+    assert running.stop() == 0
+
+
+def set_serving(app: RunningApp, serving: bool) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        switch = hello_pb2_grpc.ReadinessStub(channel)
+        switch.Set(hello_pb2.SetReadinessRequest(serving=serving), timeout=5)
+
+
+def grpc_probe(port: int, service: str = "", **fields: object) -> ProbeSpec:
+    return ProbeSpec(kind="grpc", host="127.0.0.1", port=port, grpc_service=service, **fields)
+
+
+@pytest.mark.parametrize("service", ["", "hello.Greeter"])
+async def test_grpc_serving_is_ready(grpc_app: RunningApp, service: str) -> None:
+    prober = Prober([grpc_probe(grpc_app.port, service, **NORMAL)])
+    assert await prober.probe() is True
+    assert prober.last_results[-1].reason == ""
+
+
+async def test_grpc_not_serving_is_not_ready_until_it_serves(
+    grpc_app: RunningApp, log: tuple[logging.Logger, Lines]
+) -> None:
+    logger, lines = log
+    prober = Prober([grpc_probe(grpc_app.port, **NORMAL)], log=logger)
+    set_serving(grpc_app, False)
+    try:
+        assert await prober.probe() is False
+        assert "gRPC health check status NOT_SERVING" in prober.last_results[-1].reason
+    finally:
+        set_serving(grpc_app, True)
+    assert await prober.probe() is True
+    assert [message for _, message in lines.lines][-1] == "ready"
+
+
+async def test_grpc_aggressive_mode_waits_for_serving(grpc_app: RunningApp) -> None:
+    prober = Prober([grpc_probe(grpc_app.port)])  # periodSeconds 0: poll every 50 ms
+    set_serving(grpc_app, False)
+    try:
+        run = prober.probe_future()
+        await asyncio.sleep(0.4)
+        assert not run.done()
+    finally:
+        await asyncio.to_thread(set_serving, grpc_app, True)
+    assert await asyncio.wait_for(asyncio.shield(run), 5) is True
+
+
+async def test_grpc_unknown_service_is_not_ready(grpc_app: RunningApp) -> None:
+    prober = Prober([grpc_probe(grpc_app.port, "no.such.Service", **NORMAL)])
+    assert await prober.probe() is False
+    assert "grpc-status 5 (NOT_FOUND)" in prober.last_results[-1].reason
+
+
+async def test_grpc_unreachable_is_not_ready() -> None:
+    prober = Prober([grpc_probe(free_port(), **NORMAL)])
+    assert await prober.probe() is False
+    assert "grpc probe of 127.0.0.1:" in prober.last_results[-1].reason
+
+
+async def test_grpc_probe_of_an_http1_app_is_not_ready() -> None:
+    app = HttpApp()
+    async with serve(app) as port:
+        prober = Prober([grpc_probe(port, **NORMAL)])
+        assert await prober.probe() is False
+    assert "not an HTTP/2 server" in prober.last_results[-1].reason
+
+
+async def test_grpc_probe_times_out_on_a_silent_app() -> None:
+    app = HttpApp(silent=True)
+    async with serve(app) as port:
+        prober = Prober([grpc_probe(port, **NORMAL)])
+        assert await prober.probe() is False
+    assert "timed out after 1s" in prober.last_results[-1].reason
+
+
+# --- ENABLE_HTTP2_AUTO_DETECTION --------------------------------------------------------------
+
+
+@dataclass
+class H2cApp:
+    """An h2c-only server (prior knowledge): answers every request with `status`; HTTP/1.1
+    requests get the connection closed, as a Go h2c server without the upgrade handler does."""
+
+    status: int = 200
+    requests: list[dict[str, str]] = field(default_factory=list)
+    refused_http1: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        connection.initiate_connection()
+        writer.write(connection.data_to_send())
+        try:
+            while data := await reader.read(65536):
+                try:
+                    events = connection.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    self.refused_http1 += 1
+                    return
+                for event in events:
+                    if isinstance(event, h2.events.RequestReceived):
+                        self.requests.append(dict(event.headers))
+                        connection.send_headers(
+                            event.stream_id, [(":status", str(self.status))], end_stream=True
+                        )
+                writer.write(connection.data_to_send())
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_h2c(app: H2cApp) -> AsyncIterator[int]:
+    server = await asyncio.start_server(app.handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_auto_detection_probes_an_h2c_only_app_over_h2c() -> None:
+    app = H2cApp()
+    async with serve_h2c(app) as port:
+        spec = http(port, path="/healthz", headers=(("Host", "app.local"), ("X-Probe", "1")))
+        detecting = Prober([replace(spec, **NORMAL)], http2_auto_detection=True)
+        assert await detecting.probe() is True
+        # Without auto-detection the same app is not ready: it speaks no HTTP/1.1.
+        plain = Prober([replace(spec, **NORMAL)])
+        assert await plain.probe() is False
+    request = app.requests[0]
+    assert (request[":method"], request[":path"], request[":scheme"]) == ("GET", "/healthz", "http")
+    assert request[":authority"] == "app.local"
+    assert (request["user-agent"], request["x-probe"]) == ("kube-probe//", "1")
+    assert app.refused_http1 == 1
+
+
+async def test_auto_detection_fails_on_an_h2c_status_outside_2xx_3xx() -> None:
+    app = H2cApp(status=503)
+    async with serve_h2c(app) as port:
+        prober = Prober([http(port, **NORMAL)], http2_auto_detection=True)
+        assert await prober.probe() is False
+    reason = prober.last_results[-1].reason
+    assert "over h2c: status code 503" in reason
+
+
+async def test_auto_detection_falls_back_to_http1_for_the_aiohttp_sample_app() -> None:
+    running = start_app()
+    try:
+        prober = Prober([http(running.port, path="/healthz", **NORMAL)], http2_auto_detection=True)
+        assert await prober.probe() is True
+        # Re-detected every time: still ready on the next run, and not ready when /healthz is.
+        assert await prober.probe() is True
+        async with aiohttp.ClientSession() as client:
+            await client.post(f"{running.url}/healthz?ready=0")
+        assert await prober.probe() is False
+        reason = prober.last_results[-1].reason
+        assert "got status code 503" in reason and "(over h2c: " in reason
+    finally:
+        assert running.stop() == 0
+
+
+async def test_auto_detection_reaches_either_kind_of_app_in_one_run() -> None:
+    # The app switches protocol between two probes (a new revision of it, say): each run finds
+    # out again which protocol it speaks.
+    h2c_app, http1_app = H2cApp(), HttpApp()
+    async with serve_h2c(h2c_app) as h2c_port, serve(http1_app) as http1_port:
+        for port in (h2c_port, http1_port, h2c_port):
+            prober = Prober([http(port, **NORMAL)], http2_auto_detection=True)
+            assert await prober.probe() is True
+    assert len(h2c_app.requests) == 2
+    # The HTTP/1 app saw our preface as a request (and answered it in HTTP/1), then the GET.
+    assert [head.split(b" ", 1)[0] for head in http1_app.requests] == [b"PRI", b"GET"]
+
+
+def test_the_sidecar_loads_h2_only_for_a_probe_that_needs_it() -> None:
+    code = (
+        "import sys\n"
+        "import queueproxy.server, queueproxy.readiness, queueproxy.main\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('h2', 'hpack', 'grpc')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("path", "sent"),
+    [
+        ("/a b", "/a%20b"),
+        ("/h\u20acalth?x=\u00e9", "/h%E2%82%ACalth?x=%C3%A9"),
+        ("/x\r\nEvil: 1", "/x%0D%0AEvil:%201"),
+        ("/100%", "/100%25"),
+        ("/ok%2F?q=a&b=c#frag", "/ok%2F?q=a&b=c"),
+        ('/"<>\\^`{|}', "/%22%3C%3E%5C%5E%60%7B%7C%7D"),
+    ],
+)
+async def test_http_path_is_sent_as_a_valid_request_target(path: str, sent: str) -> None:
+    # The path comes from the pod spec: whatever it holds, the app gets one well-formed request
+    # line (RFC 9112 section 3), as Go's url.URL writes it, never a crash or a second line.
+    assert request_target(path) == sent
+    app = HttpApp()
+    async with serve(app) as port:
+        assert await attempt(http(port, path=path, **NORMAL), 2.0) is None
+    assert app.request_line() == f"GET {sent} HTTP/1.1"
+    assert len(app.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (("X-A", "a\r\nInjected: 1"), "invalid header field value for 'X-A'"),
+        (("X-A", "a\nb"), "invalid header field value"),
+        (("X-A", "a\x00b"), "invalid header field value"),
+        (("Bad Name", "v"), "invalid header field name 'Bad Name'"),
+        (("Host", "h\r\nX: y"), "invalid header field value for 'Host'"),
+    ],
+)
+@pytest.mark.parametrize("h2c_first", [False, True])
+async def test_a_probe_header_that_would_inject_fails_the_probe_unsent(
+    header: tuple[str, str], why: str, h2c_first: bool
+) -> None:
+    app = HttpApp()
+    async with serve(app) as port:
+        spec = http(port, headers=(header,), **NORMAL)
+        reason = await attempt(spec, 2.0, h2c_first=h2c_first)
+    assert reason is not None and why in reason
+    assert app.requests == []  # nothing was sent: no smuggled header reaches the app
+
+
+async def test_a_non_latin1_header_value_goes_out_as_utf8() -> None:
+    app = HttpApp()
+    async with serve(app) as port:
+        assert await attempt(http(port, headers=(("X-A", "v\u20ac"),), **NORMAL), 2.0) is None
+    assert b"\r\nX-A: v\xe2\x82\xac\r\n" in app.requests[-1]

@@ -121,6 +121,8 @@ def test_help_lists_every_flag_with_its_variable(capsys: pytest.CaptureFixture[s
         ("--ready-after", "$READY_AFTER_SECONDS"),
         ("--keepalive-timeout", "$KEEPALIVE_TIMEOUT_SECONDS"),
         ("--shutdown-grace", "$SHUTDOWN_GRACE_SECONDS"),
+        ("--protocol", "$SAMPLEAPP_PROTOCOL"),
+        ("--grpc", "--protocol grpc"),
     ]:
         assert flag in out and variable in out
 

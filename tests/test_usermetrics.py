@@ -10,6 +10,7 @@ from queueproxy.usermetrics import (
     DURATION_BUCKETS_SECONDS,
     LATENCY_BUCKETS_MS,
     MAX_ROUTE_TAGS,
+    MAX_SERIES,
     OtelMetrics,
     RevisionMetrics,
     build_user_metrics,
@@ -256,3 +257,32 @@ def test_v118_milliseconds_survive_float_rounding() -> None:
     metrics.observe_app_request(200, 0.57)  # 0.57 * 1000 == 569.9999999999999 in floats
     samples = parse(metrics.render())["revision_app_request_latencies"]
     assert only(samples, "revision_app_request_latencies_sum").value == 570
+
+
+@pytest.mark.parametrize(
+    ("era", "family", "status_label"),
+    [
+        ("v1.18", "revision_request_count", "response_code"),
+        ("v1.19", "http_server_request_duration_seconds", "http_response_status_code"),
+    ],
+)
+def test_series_stay_bounded_when_clients_multiply_tags_methods_and_statuses(
+    era: str, family: str, status_label: str
+) -> None:
+    """A client picks the route tag and the method, and with some apps the status too (the
+    sample app's `?status=`): their product must not become the number of series."""
+    metrics = v118() if era == "v1.18" else v119()
+    statuses = range(200, 240)
+    methods = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "BREW"]
+    for status in statuses:
+        for tag in range(MAX_ROUTE_TAGS + 1):
+            for method in methods:
+                metrics.observe_request(status, 0.01, f"tag-{tag}", method)
+    parsed = parse(metrics.render())
+    samples = [s for s in parsed[family] if era == "v1.18" or s.name.endswith("_count")]
+    assert len(samples) <= MAX_SERIES + len(statuses)
+    # Every request is still counted, under its own status.
+    per_status = {status: 0.0 for status in statuses}
+    for sample in samples:
+        per_status[int(sample.labels[status_label])] += sample.value
+    assert set(per_status.values()) == {(MAX_ROUTE_TAGS + 1) * len(methods)}
