@@ -50,13 +50,32 @@ def h2c_upgrade_settings(request: RequestHead) -> bytes | None:
     return settings[0]
 
 
+# Values a SETTINGS frame may carry (RFC 9113 §6.5.2); any other is a connection error, which
+# after a 101 would leave the client with a dead connection instead of its answer.
+_SETTING_BOUNDS: Final = {
+    0x2: (0, 1),  # ENABLE_PUSH
+    0x4: (0, 2**31 - 1),  # INITIAL_WINDOW_SIZE
+    0x5: (2**14, 2**24 - 1),  # MAX_FRAME_SIZE
+    0x8: (0, 1),  # ENABLE_CONNECT_PROTOCOL (RFC 8441 §3)
+}
+
+
 def valid_settings(value: bytes) -> bool:
-    """An HTTP2-Settings value: base64url (no padding needed) of whole 6-byte settings
-    (RFC 7540 §3.2.1); empty is allowed."""
+    """An HTTP2-Settings value: base64url (no padding needed) of whole 6-byte settings, each
+    within its RFC 9113 §6.5.2 bounds (RFC 7540 §3.2.1); empty is allowed."""
     if value.translate(None, _BASE64URL):
         return False
     try:
         raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
     except ValueError:
         return False
-    return len(raw) % 6 == 0
+    if len(raw) % 6:
+        return False
+    for pos in range(0, len(raw), 6):
+        bounds = _SETTING_BOUNDS.get(int.from_bytes(raw[pos : pos + 2], "big"))
+        if (
+            bounds is not None
+            and not bounds[0] <= int.from_bytes(raw[pos + 2 : pos + 6], "big") <= bounds[1]
+        ):
+            return False
+    return True

@@ -36,6 +36,20 @@ MAX_HEADER_LIST_SIZE: Final = 64 * 1024
 MAX_FRAME_SIZE: Final = 16384
 """SETTINGS_MAX_FRAME_SIZE: the RFC 9113 minimum, which every peer must accept."""
 
+MAX_INFORMATIONAL_BYTES: Final = MAX_HEADER_LIST_SIZE
+"""Header fields of all the 1xx responses of one stream from the app, together (counted as
+HPACK does, 32 bytes per field plus name and value). 1xx responses carry no flow control: an app
+sending them without end to a client that does not read would fill the sidecar's memory. Go's
+transport has the same rule (its total 1xx header size is capped at its header list limit)."""
+
+MAX_QUEUED_CONTROL_FRAMES: Final = 10000
+"""PING and SETTINGS frames an app may send while it does not read our answers (Go's
+`maxQueuedControlFrames`); one more and its connection is closed."""
+
+MAX_ENCODER_TABLE: Final = 4096
+"""Most bytes our HPACK encoder keeps in its dynamic table per connection, whatever the peer's
+SETTINGS_HEADER_TABLE_SIZE allows: Go's `maxEncoderHeaderTableSize` default."""
+
 MAX_CLOSED_STREAMS: Final = 1024
 """Closed streams remembered per connection to tell a late frame from a protocol error (h2
 keeps 65536 by default: several MiB per long-lived connection)."""

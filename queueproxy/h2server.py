@@ -160,9 +160,16 @@ class H2ServerConnection(ResponseSide, asyncio.Protocol):
         """`Upgrade: h2c` granted (the 101 is out): the request becomes stream 1 (RFC 7540
         §3.2), half-closed on the client's side since it had no body."""
         self.transport = transport
-        self.path.connections.add(self)
         self._settings()
-        self.h2.initiate_upgrade_connection(settings)
+        try:
+            self.h2.initiate_upgrade_connection(settings)
+        except ProtocolError:
+            # `h2detect.valid_settings` should have declined it; never leave a half-made
+            # connection registered for the drain to write to.
+            self.closed = True
+            transport.close()
+            return
+        self.path.connections.add(self)
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         transport.set_protocol(self)
         fields: Headers = [(b":method", method), (b":scheme", b"http"), (b":path", target)]
@@ -255,8 +262,12 @@ class H2ServerConnection(ResponseSide, asyncio.Protocol):
                     return self._calm()
                 self._window_updated(0)
             elif kind is ConnectionTerminated:
-                self._close_connection()
-                return
+                if event.error_code or not self.streams:  # type: ignore[attr-defined]
+                    self._close_connection()
+                    return
+                # A graceful GOAWAY: no new streams; close once the open ones are answered.
+                if self.goaway_last < 0:
+                    self.goaway_last = self.h2.highest_inbound_stream_id
             if self.closed:
                 return
         self.flush()
@@ -578,7 +589,7 @@ class H2ServerConnection(ResponseSide, asyncio.Protocol):
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.goaway_last
         frame.error_code = ErrorCodes.NO_ERROR
-        if self.transport is not None:
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame.serialize())
         if not self.streams:
             self._close_connection()

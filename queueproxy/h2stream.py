@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import StreamReset
+from h2.events import ConnectionTerminated, StreamReset
 from h2.exceptions import InvalidBodyLengthError, ProtocolError, StreamClosedError
-from hyperframe.frame import DataFrame, Frame, HeadersFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from queueproxy.h1 import valid_host
 from queueproxy.h2limits import MAX_CLOSED_STREAMS, MAX_CONCURRENT_STREAMS
-from queueproxy.h2upstream import _CONNECTION_SPECIFIC, _NAME_BYTES, bad_value
+from queueproxy.h2upstream import _CONNECTION_SPECIFIC, _NAME_BYTES, bad_value, eager_frame_buffer
 from queueproxy.http11 import HOP_BY_HOP
 from queueproxy.proxy import _IDEMPOTENCY_KEYS, _STRIPPED_REQUEST, WAITING, forwarded_value
 from queueproxy.timeouts import RequestTimer
@@ -58,6 +58,10 @@ class StrictServer(H2Connection):
 
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
 
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        eager_frame_buffer(self)  # an oversized frame is refused at its header
+
     @property
     def open_inbound_streams(self) -> int:
         # h2 treats a stream over SETTINGS_MAX_CONCURRENT_STREAMS as a connection error; RFC
@@ -84,6 +88,16 @@ class StrictServer(H2Connection):
                 self.acknowledge_received_data(frame.flow_controlled_length, sid)
                 return self._stream_error(sid)
         return super()._receive_frame(frame)
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Any]]:
+        # A client's GOAWAY concerns streams we would start (RFC 9113 §6.8); its own requests
+        # in flight still get their answers, as from Go's server. h2 would refuse every frame
+        # after it, ours included.
+        event = ConnectionTerminated()
+        event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     def _stream_error(self, sid: int) -> list[Any]:
         try:
@@ -224,6 +238,7 @@ class Stream:
         "response_done",
         "response_trailers",
         "timer",
+        "informational_bytes",
     )
 
     def __init__(self, conn: H2ServerConnection, sid: int, method: bytes, target: bytes) -> None:
@@ -259,6 +274,7 @@ class Stream:
         self.response_done = False
         self.response_trailers: Headers | None = None
         self.timer: RequestTimer | None = None
+        self.informational_bytes = 0  # 1xx header fields from the app so far (h2upstream)
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header, by lower-case name."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -30,19 +30,28 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     InformationalResponseReceived,
+    PingReceived,
+    RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
     StreamReset,
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
+from h2.exceptions import InvalidBodyLengthError, ProtocolError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
+from hpack import Encoder
+from hpack.exceptions import HPACKError
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from queueproxy.h2limits import (
     INITIAL_WINDOW,
     MAX_CLOSED_STREAMS,
+    MAX_ENCODER_TABLE,
     MAX_HEADER_LIST_SIZE,
+    MAX_INFORMATIONAL_BYTES,
+    MAX_QUEUED_CONTROL_FRAMES,
     UPSTREAM_CONNECTION_WINDOW,
 )
 from queueproxy.upstream import UpstreamPool, dial_error, read_error
@@ -53,8 +62,108 @@ if TYPE_CHECKING:
 Headers = list[tuple[bytes, bytes]]
 
 
+_HPACK_FAILURES = (HPACKError, IndexError, TypeError, UnicodeDecodeError)
+
+
+class EagerFrameBuffer(FrameBuffer):
+    """h2's frame buffer, checking a frame's length as soon as its 9-byte header is in.
+
+    h2 checks it against SETTINGS_MAX_FRAME_SIZE only once the whole frame has arrived, so a
+    peer declaring a 16 MiB frame (the 24-bit maximum, 1024 times ours) made us buffer up to
+    16 MiB per connection, for as long as it cared to trickle the bytes. RFC 9113 §4.2: a frame
+    over the limit is a FRAME_SIZE_ERROR, which h2 then answers with GOAWAY as before.
+    """
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9:
+            self._validate_frame_length(int.from_bytes(data[:3], "big"))
+        return super().__next__()
+
+
+class CappedEncoder(Encoder):
+    """hpack's encoder with its dynamic table capped at MAX_ENCODER_TABLE, whatever
+    SETTINGS_HEADER_TABLE_SIZE the peer allows (up to 4 GiB): the table keeps every field we
+    send until it is full, so a peer allowing 4 GiB made each connection keep them all."""
+
+    @property
+    def header_table_size(self) -> int:
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        Encoder.header_table_size.fset(self, min(value, MAX_ENCODER_TABLE))  # type: ignore[attr-defined]
+
+
+def eager_frame_buffer(connection: H2Connection) -> None:
+    """Give `connection` an `EagerFrameBuffer` and a `CappedEncoder` (called from its
+    `__init__`)."""
+    connection.incoming_buffer.__class__ = EagerFrameBuffer
+    connection.encoder.__class__ = CappedEncoder
+
+
 class _Client(H2Connection):
+    """h2's client connection with two changes that keep one stream's trouble on that stream.
+
+    The connection to the app carries the streams of many clients, so a connection error ends
+    every one of them. A response whose DATA disagrees with its `content-length`, or a header
+    block h2 refuses after decoding it (trailers without END_STREAM, a bad `content-length`),
+    is malformed (RFC 9113 §8.1.1): a stream error, as Go's transport treats it. HPACK failures
+    stay connection errors: the header table can no longer be trusted.
+
+    The same goes for a 1xx response on a stream we have reset (the client went away while the
+    app sent `100 Continue` or `103 Early Hints`): h2 makes it a connection error, where RFC 9113
+    §5.1 says frames in flight after RST_STREAM are ignored.
+
+    A GOAWAY from the app lets the streams it names finish (RFC 9113 §6.8: a graceful shutdown,
+    as Go's `Server.Shutdown` or grpc-go's `GracefulStop` send it); h2 would refuse every later
+    frame. `H2Upstream` opens no stream on the connection once it has seen one.
+    """
+
     MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        eager_frame_buffer(self)
+
+    def _receive_frame(self, frame: Frame) -> list[Any]:
+        kind = type(frame)
+        if kind is DataFrame:
+            try:
+                return super()._receive_frame(frame)
+            except InvalidBodyLengthError:
+                self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
+                return self._stream_error(frame.stream_id)
+        if kind is HeadersFrame:
+            known = frame.stream_id in self.streams
+            try:
+                return super()._receive_frame(frame)
+            except ProtocolError as error:
+                # h2 raises HPACK failures `from` hpack's own error (or these built-ins).
+                if (
+                    not known
+                    or type(error) is not ProtocolError
+                    or isinstance(error.__cause__, _HPACK_FAILURES)
+                ):
+                    raise
+                return self._stream_error(frame.stream_id)
+        return super()._receive_frame(frame)
+
+    def _stream_error(self, sid: int) -> list[Any]:
+        try:
+            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+        except ProtocolError:
+            pass
+        return [
+            StreamReset(stream_id=sid, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
+        ]
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Any]]:
+        event = ConnectionTerminated()
+        event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 def _config() -> H2Configuration:
@@ -111,6 +220,16 @@ def malformed(fields: Headers, trailers: bool = False) -> str:
     return ""
 
 
+def malformed_informational(fields: Headers, stream: Stream) -> str:
+    """`malformed`, plus what a 1xx response from the app must not be: 101 (RFC 9113 §8.6),
+    or more 1xx header fields on the stream than MAX_INFORMATIONAL_BYTES."""
+    if fields and fields[0] == (b":status", b"101"):
+        return "101 Switching Protocols over HTTP/2"
+    if stream.informational_bytes > MAX_INFORMATIONAL_BYTES:
+        return "too many 1xx responses"
+    return malformed(fields)
+
+
 class H2Upstream(asyncio.Protocol):
     """One h2c connection to the app, carrying many streams."""
 
@@ -124,6 +243,7 @@ class H2Upstream(asyncio.Protocol):
         self.closed = False
         self.going_away = False  # GOAWAY received: no new streams
         self.flush_pending = False
+        self.queued_control = 0  # PING/SETTINGS answered while the app does not read us
 
     # -- Protocol interface --------------------------------------------------------------------
 
@@ -156,6 +276,7 @@ class H2Upstream(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        self.queued_control = 0
         for stream in list(self.streams.values()):
             stream.conn.upstream_writable(stream)
 
@@ -220,14 +341,29 @@ class H2Upstream(asyncio.Protocol):
                 stream = streams.pop(event.stream_id, None)  # type: ignore[attr-defined]
                 if stream is not None:
                     stream.upstream = None
-                    stream.conn.upstream_reset(stream, event.error_code)  # type: ignore[attr-defined]
+                    if event.remote_reset:  # type: ignore[attr-defined]
+                        stream.conn.upstream_reset(stream, event.error_code)  # type: ignore[attr-defined]
+                    else:  # our stream error for a malformed response (`_Client`)
+                        stream.conn.upstream_failed(
+                            stream, "malformed HTTP/2 response from the app"
+                        )
+                    self._maybe_idle()
             elif kind is InformationalResponseReceived:
                 sid = event.stream_id  # type: ignore[attr-defined]
                 stream = streams.get(sid)
                 if stream is not None:
                     headers = event.headers  # type: ignore[attr-defined]
-                    if not self._refused(sid, stream, malformed(headers)):
+                    stream.informational_bytes += sum(32 + len(n) + len(v) for n, v in headers)
+                    if not self._refused(sid, stream, malformed_informational(headers, stream)):
                         stream.conn.informational(stream, headers)
+            elif kind is PingReceived or kind is RemoteSettingsChanged:
+                # Each is answered; an app that does not read the answers gets them queued
+                # here, so only so many (Go's rule).
+                if self.paused:
+                    self.queued_control += 1
+                    if self.queued_control > MAX_QUEUED_CONTROL_FRAMES:
+                        self.abort()
+                        return
             elif kind is ConnectionTerminated:
                 self.going_away = True
                 self.pool.forget(self)
