@@ -20,7 +20,6 @@ here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
@@ -54,7 +53,7 @@ from queueproxy.h2limits import (
     MAX_QUEUED_CONTROL_FRAMES,
     UPSTREAM_CONNECTION_WINDOW,
 )
-from queueproxy.upstream import UpstreamPool, dial_error, read_error
+from queueproxy.upstream import dial, read_error
 
 if TYPE_CHECKING:
     from queueproxy.h2server import Stream
@@ -491,8 +490,6 @@ class H2Upstream(asyncio.Protocol):
 class H2UpstreamPool:
     """The multiplexed h2c connections to the app."""
 
-    DIAL_TIMEOUTS = UpstreamPool.DIAL_TIMEOUTS
-
     def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         self.loop = loop
         self.host = host
@@ -522,20 +519,7 @@ class H2UpstreamPool:
             self.waiting.remove(stream)
 
     async def _dial(self) -> None:
-        factory: Callable[[], H2Upstream] = lambda: H2Upstream(self)  # noqa: E731
-        error = ""
-        upstream: H2Upstream | None = None
-        for timeout in self.DIAL_TIMEOUTS:
-            try:
-                _, upstream = await asyncio.wait_for(
-                    self.loop.create_connection(factory, self.host, self.port), timeout
-                )
-            except TimeoutError:
-                error = f"timed out dialing {self.address}"
-                continue
-            except OSError as exc:
-                error = dial_error(self.address, exc)
-            break
+        upstream, error = await dial(self.loop, lambda: H2Upstream(self), self.host, self.port)
         waiting = self.waiting or []
         self.waiting = None
         if upstream is None:

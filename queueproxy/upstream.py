@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from queueproxy.h1 import (
     LENGTH,
@@ -41,6 +41,10 @@ from queueproxy.h1 import (
 
 if TYPE_CHECKING:
     from queueproxy.proxy import Exchange
+
+# Go's dialer in Knative: first try 50 ms, x1.4 per step; we stop after ~2 s in all.
+DIAL_TIMEOUTS = tuple(0.05 * 1.4**step for step in range(10))
+P = TypeVar("P", bound=asyncio.Protocol)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -261,9 +265,6 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to the app, most recently used first."""
 
-    # Go's dialer in Knative: first try 50 ms, x1.4 per step; we stop after ~2 s in all.
-    DIAL_TIMEOUTS = tuple(0.05 * 1.4**step for step in range(10))
-
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -301,22 +302,13 @@ class UpstreamPool:
         task.add_done_callback(self.dialling.discard)
 
     async def _dial(self, exchange: Exchange) -> None:
-        factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self)  # noqa: E731
-        error = ""
-        for timeout in self.DIAL_TIMEOUTS:
-            try:
-                _, upstream = await asyncio.wait_for(
-                    self.loop.create_connection(factory, self.host, self.port), timeout
-                )
-            except TimeoutError:
-                error = f"timed out dialing {self.address}"
-                continue
-            except OSError as exc:
-                error = dial_error(self.address, exc)
-                break
+        upstream, error = await dial(
+            self.loop, lambda: UpstreamConnection(self), self.host, self.port
+        )
+        if upstream is None:
+            exchange.conn.upstream_failed(exchange, error)
+        else:
             exchange.conn.upstream_ready(exchange, upstream)
-            return
-        exchange.conn.upstream_failed(exchange, error)
 
     def release(self, upstream: UpstreamConnection) -> None:
         if len(self.idle) >= self.max_idle:
@@ -350,6 +342,28 @@ def read_error(address: str, exc: Exception | None) -> str:
         return "EOF"
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return f"read tcp {address}: read: {reason.lower()}"
+
+
+async def dial(
+    loop: asyncio.AbstractEventLoop, factory: Callable[[], P], host: str, port: int
+) -> tuple[P | None, str]:
+    """Connect to the app as Knative's Go dialer does: a first try of 50 ms, each retry's
+    timeout x1.4, about 2 s in all (`DIAL_TIMEOUTS`); a refusal or other error ends it at once.
+    Returns (the connected protocol, "") or (None, Go's wording of the last failure)."""
+    address = f"{host}:{port}"
+    error = ""
+    for timeout in DIAL_TIMEOUTS:
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(factory, host, port), timeout
+            )
+        except TimeoutError:
+            error = f"timed out dialing {address}"
+            continue
+        except OSError as exc:
+            return None, dial_error(address, exc)
+        return protocol, ""
+    return None, error
 
 
 def dial_error(address: str, exc: OSError) -> str:
