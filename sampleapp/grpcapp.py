@@ -20,10 +20,8 @@ uvloop is not among the loops it supports.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import re
-import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 
@@ -32,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from sampleapp.config import Settings
 from sampleapp.knobs import MAX_DELAY_MS, KnobError
+from sampleapp.main import stop_signal
 from sampleapp.protos import hello_pb2, hello_pb2_grpc
 from sampleapp.readiness import Readiness
 
@@ -152,15 +151,9 @@ class HealthSwitch(hello_pb2_grpc.ReadinessServicer):
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; return the exit code (1 when the port cannot be bound)."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    if settings.startup_delay:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.startup_delay)
-        if stop.is_set():
-            return 0
+    stop = await stop_signal(settings.startup_delay)
+    if stop is None:
+        return 0
 
     server = grpc.aio.server(
         options=[

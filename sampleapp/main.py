@@ -55,19 +55,25 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
+async def stop_signal(startup_delay: float) -> asyncio.Event | None:
+    """An event set by SIGTERM or SIGINT, after waiting `startup_delay` seconds; None when a
+    signal came during the delay (the process then ends before it ever listens)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if startup_delay:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), startup_delay)
+    return None if stop.is_set() else stop
+
+
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; return the exit code."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    if settings.startup_delay:
-        # A signal during the delay ends the process before it ever listens.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.startup_delay)
-        if stop.is_set():
-            return 0
+    stop = await stop_signal(settings.startup_delay)
+    if stop is None:
+        return 0
 
     app = build_app(settings)
     runner = web.AppRunner(
