@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from h2.connection import H2Connection
 
+from queueproxy.exchange import DONE
 from queueproxy.h2stream import Headers, Stream, forwardable
 from queueproxy.http11 import DATE, HOP_BY_HOP
-from queueproxy.proxy import DONE
 
 if TYPE_CHECKING:
     from queueproxy.proxy import DataPath

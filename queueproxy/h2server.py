@@ -8,7 +8,7 @@ data path (docs/http2.md).
 Each stream is one request for everything else, as in Knative (its `http2.Server` runs one
 handler per stream): a `Stream` goes through the health responder, the observer, the breaker
 (one slot per stream, queued streams in the same FIFO, overflow answered `503` on that stream
-alone) and the revision timeouts exactly as an HTTP/1 `proxy.Exchange` does, with the same
+alone) and the revision timeouts exactly as an HTTP/1 `exchange.Exchange` does, with the same
 attribute names, so `DataPath`, `HealthResponder` and `RequestObserver` take either. It goes to
 the app as h2c with prior knowledge (`h2upstream`); the answer comes back through the methods
 of `h2response.ResponseSide`.
@@ -44,6 +44,7 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
 from queueproxy.breaker import Admission
+from queueproxy.exchange import ACTIVE, CONNECTING, DONE, QUEUE_FULL_BODY, QUEUED
 from queueproxy.h2limits import (
     CONNECTION_WINDOW,
     INITIAL_WINDOW,
@@ -72,14 +73,7 @@ from queueproxy.outcomes import (
     UPSTREAM_RESET,
     upstream_failure_reason,
 )
-from queueproxy.proxy import (
-    ACTIVE,
-    CONNECTING,
-    DONE,
-    QUEUE_FULL_BODY,
-    QUEUED,
-    DataPath,
-)
+from queueproxy.proxy import DataPath
 from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer
 
 log = logging.getLogger("queueproxy")

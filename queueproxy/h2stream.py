@@ -1,6 +1,6 @@
 """One HTTP/2 request on the main port, and h2's connection adjusted to our rules.
 
-`Stream` is `h2server`'s per-request object: the attributes `proxy.Exchange` offers the breaker,
+`Stream` is `h2server`'s per-request object: the attributes `exchange.Exchange` offers the breaker,
 the health responder and the observer, plus HTTP/2's per-stream state (bodies held while windows
 are closed, acknowledgements owed). `classify` applies Knative's request-field rules to HTTP/2
 fields. `StrictServer` is h2's `H2Connection` with malformed requests as stream errors. Loaded with
@@ -19,11 +19,16 @@ from h2.events import ConnectionTerminated, StreamReset
 from h2.exceptions import InvalidBodyLengthError, ProtocolError, StreamClosedError
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
+from queueproxy.exchange import (
+    IDEMPOTENCY_KEYS,
+    STRIPPED_REQUEST_FIELDS,
+    WAITING,
+    forwarded_value,
+)
 from queueproxy.h1 import valid_host
 from queueproxy.h2limits import MAX_CLOSED_STREAMS, MAX_CONCURRENT_STREAMS
 from queueproxy.h2upstream import _CONNECTION_SPECIFIC, _NAME_BYTES, bad_value, eager_frame_buffer
 from queueproxy.http11 import HOP_BY_HOP
-from queueproxy.proxy import _IDEMPOTENCY_KEYS, _STRIPPED_REQUEST, WAITING, forwarded_value
 from queueproxy.timeouts import RequestTimer
 
 if TYPE_CHECKING:
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 Headers = list[tuple[bytes, bytes]]
 
 # Request fields the app must not get over HTTP/2 (RFC 9113 §8.2.2) besides Knative's own.
-_NOT_FORWARDED = HOP_BY_HOP | _STRIPPED_REQUEST - {b"content-length"}
+_NOT_FORWARDED = HOP_BY_HOP | STRIPPED_REQUEST_FIELDS - {b"content-length"}
 
 
 def _no_log(*args: object, **kwargs: object) -> None:
@@ -203,7 +208,7 @@ def server_config() -> H2Configuration:
 
 
 class Stream:
-    """One request on an HTTP/2 connection: `proxy.Exchange`'s interface, HTTP/2's state."""
+    """One request on an HTTP/2 connection: `exchange.Exchange`'s interface, HTTP/2's state."""
 
     __slots__ = (
         "conn",
@@ -332,7 +337,7 @@ def classify(
         elif name == b"content-length":
             if value.isdigit():
                 stream.request_length = int(value)
-        elif name in _IDEMPOTENCY_KEYS:
+        elif name in IDEMPOTENCY_KEYS:
             pass
         out.append((name, value))
     stream.headers = regular

@@ -15,8 +15,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from queueproxy.exchange import DONE, Exchange
 from queueproxy.outcomes import BAD_REQUEST, DRAINING
-from queueproxy.proxy import DONE, ClientConnection, Exchange
+from queueproxy.proxy import ClientConnection
 
 HEALTH_CHECK_AGENTS = (b"kube-probe/", b"Knative-Activator-Probe", b"Knative-Autoscaling-Probe")
 SHUTTING_DOWN = b"shutting down\n"

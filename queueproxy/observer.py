@@ -13,8 +13,8 @@ from collections import deque
 from collections.abc import Callable
 
 from queueproxy.breaker import Breaker
+from queueproxy.exchange import Exchange
 from queueproxy.outcomes import Outcomes
-from queueproxy.proxy import Exchange
 from queueproxy.requestlog import RequestLogger
 from queueproxy.stats import RequestStats
 from queueproxy.usermetrics import UserMetrics

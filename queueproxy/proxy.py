@@ -6,7 +6,8 @@ client costs ~5x the CPU (see docs/design.md). Reading order:
 - `DataPath`: what every connection shares (breaker, upstream pool, statistics, hooks).
 - `ClientConnection`: one inbound connection; finds request heads and bodies with `h1` (every
   framing rule is there), answers probes and errors itself, and serves one request at a time.
-- `Exchange`: one request/response cycle through the breaker to the app.
+  Its response side (re-framing the app's answer for this client) is `h1response.ResponseSide`.
+- `exchange.Exchange`: one request/response cycle through the breaker to the app.
 - `upstream.UpstreamConnection` / `UpstreamPool`: keep-alive connections to 127.0.0.1:$USER_PORT.
 
 Rules that keep one client's bytes from becoming another request:
@@ -29,12 +30,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import Any, Protocol
+from typing import Any
 
 from queueproxy.breaker import Admission, Breaker
+from queueproxy.exchange import (
+    ACTIVE,
+    CONNECTING,
+    DONE,
+    IDEMPOTENCY_KEYS,
+    QUEUE_FULL_BODY,
+    QUEUED,
+    STRIPPED_REQUEST_FIELDS,
+    TUNNEL,
+    Exchange,
+    LocalResponder,
+    Observer,
+    forwarded_value,
+)
 from queueproxy.h1 import (
     CHUNKED,
-    IDEMPOTENT_METHODS,
     LENGTH,
     NO_BODY,
     PROTECTED_FIELDS,
@@ -43,80 +57,41 @@ from queueproxy.h1 import (
     HeadMemo,
     ProtocolError,
     RequestHead,
-    ResponseHead,
     body_reader,
     render_trailers,
     skip_empty_lines,
     valid_host,
 )
+from queueproxy.h1response import (
+    ANSWERING,
+    BODY_BACKLOG,
+    UPSTREAM_FULL,
+    ResponseSide,
+)
 from queueproxy.h2detect import h2c_upgrade_settings, preface_state
 from queueproxy.http11 import (
-    DATE,
     HIGH_WATER,
     HOP_BY_HOP,
     READ_HEADER_TIMEOUT,
     simple_response,
-    status_line,
 )
 from queueproxy.outcomes import (
     BAD_REQUEST,
     CUT,
     QUEUE_FULL,
     TIMEOUT,
-    upstream_failure_reason,
 )
 from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer, TimeoutRules
 from queueproxy.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("queueproxy")
 
-QUEUE_FULL_BODY = b"pending request queue full\n"
 # Bodies up to this size are kept until the first response byte, so an idempotent request that
 # met a keep-alive connection the app had just closed can be sent again on a fresh one.
 REPLAY_LIMIT = 64 * 1024
-
-_STRIPPED_REQUEST = frozenset(
-    {
-        b"knative-serving-revision",
-        b"knative-serving-namespace",
-        b"k-original-host",
-        b"host",
-        b"content-length",
-    }
-)
-_IDEMPOTENCY_KEYS = (b"idempotency-key", b"x-idempotency-key")
-
-# Exchange states
-WAITING, QUEUED, CONNECTING, ACTIVE, TUNNEL, DONE = range(6)
-# Reasons to stop reading from the client (a bit set)
-_BODY_BACKLOG, _ANSWERING, _UPSTREAM_FULL = 1, 2, 4
 # Lingering close: how long, and how many bytes, to read and drop after shutting the write side.
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 256 * 1024
-# Response framing towards an HTTP/1.0 client that gets a body of unknown length: until close.
-UNTIL_CLOSE_CLIENT = 5
-
-
-class Observer(Protocol):
-    """What the data path reports to statistics, metrics and logs (wired in `server`)."""
-
-    def request_started(self, exchange: Exchange) -> None: ...
-
-    def request_finished(self, exchange: Exchange) -> None: ...
-
-    def probe_answered(self, exchange: Exchange) -> None: ...
-
-    def rejected(self, reason: str, status: int, detail: bytes) -> None:
-        """The sidecar answers `status` itself (0: cuts the connection), for `reason`."""
-        ...
-
-
-class LocalResponder(Protocol):
-    """Answers health checks and network probes without the app (`health.HealthResponder`)."""
-
-    def answer(self, conn: ClientConnection, exchange: Exchange) -> bool:
-        """Answer `exchange` locally and return True, or return False to proxy it."""
-        ...
 
 
 class DataPath:
@@ -167,85 +142,7 @@ class DataPath:
                 self.admitted(waiter)  # type: ignore[arg-type]
 
 
-class Exchange:
-    """One request and its response."""
-
-    __slots__ = (
-        "conn",
-        "method",
-        "target",
-        "version",
-        "headers",
-        "user_agent",
-        "network_probe",
-        "proxied",
-        "keep_alive",
-        "upgrade",
-        "retryable",
-        "head",
-        "body_chunked",
-        "body",
-        "body_bytes",
-        "request_done",
-        "replay",
-        "upstream",
-        "state",
-        "has_slot",
-        "started_at",
-        "status",
-        "response_started",
-        "response_bytes",
-        "response_framing",
-        "response_length",
-        "request_length",
-        "replay_bytes",
-        "counted",
-        "dispatched_at",
-    )
-
-    def __init__(self, conn: ClientConnection, request: RequestHead) -> None:
-        self.conn = conn
-        self.method = request.method
-        self.target = request.target
-        self.version = request.version
-        self.headers = request.headers
-        self.user_agent = b""
-        self.network_probe: bytes | None = None
-        self.proxied = False
-        self.keep_alive = request.keep_alive
-        self.upgrade = b""  # the protocols offered to the app, when it may switch
-        self.retryable = request.method in IDEMPOTENT_METHODS
-        self.head = b""
-        self.body_chunked = request.framing == CHUNKED
-        # Request body not yet written upstream (waiting for a slot or a connection).
-        self.body: list[bytes] = []
-        self.body_bytes = 0
-        self.request_done = False
-        # Everything written upstream so far, while it is small and no response byte came back.
-        self.replay: list[bytes] | None = []
-        self.upstream: UpstreamConnection | None = None
-        self.state = WAITING
-        self.has_slot = False
-        self.started_at = 0.0
-        self.status = 0
-        self.response_started = False
-        self.response_bytes = 0
-        self.response_framing = NO_BODY  # how the response is framed towards the client
-        self.response_length = -1  # the app's Content-Length, when it framed the body so
-        self.request_length = request.length if request.framing == LENGTH else -1
-        self.replay_bytes = 0
-        self.counted = False  # reported to the observer (probes and local answers are not)
-        self.dispatched_at = 0.0  # when it left the queue for the app
-
-    def header(self, name: bytes) -> bytes | None:
-        """First value of a request header, by lower-case name."""
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
-
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ResponseSide, asyncio.Protocol):
     """One inbound connection on the main port."""
 
     def __init__(self, path: DataPath) -> None:
@@ -384,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
             self.tunnel_upstream.resume_reading()
         if self.reading_paused and exchange is None and not self.closed:
             # Requests waited for the client to read its answers: go on with them.
-            self._resume_reading(_ANSWERING | _BODY_BACKLOG | _UPSTREAM_FULL)
+            self._resume_reading(ANSWERING | BODY_BACKLOG | UPSTREAM_FULL)
             if self.buffer and not self.processing:
                 self._process(self.buffer)
 
@@ -435,7 +332,7 @@ class ClientConnection(asyncio.Protocol):
             and self.reader is None
             and (self.exchange is not None or self.writing_paused)
         ):
-            self._pause_reading(_ANSWERING)
+            self._pause_reading(ANSWERING)
 
     def _read_head(self, data: bytes | bytearray, pos: int) -> int:
         """Parse a request head at `pos` and start its exchange; -1 when it is incomplete (the
@@ -570,7 +467,7 @@ class ClientConnection(asyncio.Protocol):
                 if lname == b"te":
                     te_trailers = te_trailers or b"trailers" in value.lower()
                 continue
-            if lname in _STRIPPED_REQUEST:
+            if lname in STRIPPED_REQUEST_FIELDS:
                 if lname == b"k-original-host" and not original_host:
                     original_host = value
                 elif lname == b"content-length":
@@ -600,7 +497,7 @@ class ClientConnection(asyncio.Protocol):
                 xfh = value
             elif lname == b"forwarded":
                 forwarded = True
-            elif lname in _IDEMPOTENCY_KEYS:
+            elif lname in IDEMPOTENCY_KEYS:
                 exchange.retryable = True
             append(name + b": " + value + b"\r\n")
         if original_host and not valid_host(original_host):
@@ -714,7 +611,7 @@ class ClientConnection(asyncio.Protocol):
         self._keep_for_replay(exchange, payload)
         upstream.write(payload)
         if self.reading_paused:
-            self._resume_reading(_BODY_BACKLOG)
+            self._resume_reading(BODY_BACKLOG)
         if self.writing_paused:
             upstream.pause_reading()
 
@@ -730,7 +627,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.body.append(chunk)
         exchange.body_bytes += len(chunk)
         if exchange.body_bytes > HIGH_WATER:
-            self._pause_reading(_BODY_BACKLOG)
+            self._pause_reading(BODY_BACKLOG)
 
     @staticmethod
     def _keep_for_replay(exchange: Exchange, data: bytes) -> None:
@@ -755,189 +652,6 @@ class ClientConnection(asyncio.Protocol):
         exchange.body[:0] = [b"".join(replay)[len(exchange.head) :]]
         self.path.pool.dial(exchange)
         return True
-
-    # -- Response side -------------------------------------------------------------------------
-
-    def response_head(self, exchange: Exchange, response: ResponseHead) -> None:
-        """Forward the app's response head, framed for this client (RFC 9112 §6)."""
-        status = response.status
-        exchange.status = status
-        exchange.response_started = True
-        exchange.replay = None
-        version = exchange.version
-        framing = response.framing
-        if response.plain:
-            # Nothing connection-specific: the app's fields go on as they are, its
-            # Content-Length (validated) included.
-            lines = [status_line(version, status), response.fields]
-            if not response.has_date:
-                lines.append(DATE.line)
-        else:
-            lines = self._forwarded_fields(version, response)
-            if framing == LENGTH:
-                lines.append(b"Content-Length: %d\r\n" % response.length)
-            elif framing == NO_BODY and status >= 200 and status != 204:
-                # 304 and HEAD keep the length of the representation (RFC 9110 §8.6); a 204 and
-                # a 1xx never carry one.
-                for name, value in response.headers:
-                    if name.lower() == b"content-length":
-                        lines.append(b"Content-Length: " + value + b"\r\n")
-        if self.path.track_writes:
-            self.timer.wrote(self.loop.time())
-        if status == 101:
-            lines.append(b"Connection: Upgrade\r\nUpgrade: " + exchange.upgrade + b"\r\n")
-            exchange.response_framing = NO_BODY
-        elif framing == LENGTH:
-            exchange.response_framing = LENGTH
-            exchange.response_length = response.length
-        elif framing == NO_BODY:
-            exchange.response_framing = NO_BODY
-        elif version == b"1.1":
-            exchange.response_framing = CHUNKED
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            exchange.response_framing = UNTIL_CLOSE_CLIENT
-            exchange.keep_alive = False
-        if exchange.upgrade and status != 101 and not exchange.request_done:
-            exchange.keep_alive = False
-        if status != 101:
-            if not exchange.keep_alive:
-                lines.append(b"Connection: close\r\n")
-            elif version == b"1.0":
-                lines.append(b"Connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        # Held until the first body bytes or the end of this read (`flush`): head and body of a
-        # small response leave in one write, one system call.
-        self.held = b"".join(lines)
-
-    def _forwarded_fields(self, version: bytes, response: ResponseHead) -> list[bytes]:
-        """Status line and the app's fields without connection-specific ones (RFC 9110 §7.6.1)
-        and without its framing, which the caller renders from the framing decision."""
-        named = response.connection - PROTECTED_FIELDS if response.connection else None
-        lines = [status_line(version, response.status)]
-        has_date = False
-        for name, value in response.headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP or lname == b"content-length":
-                continue
-            if named is not None and lname in named:
-                continue
-            if lname == b"date":
-                has_date = True
-            lines.append(name + b": " + value + b"\r\n")
-        if not has_date:
-            lines.append(DATE.line)
-        return lines
-
-    def flush(self) -> None:
-        """Write a held response head: called when a read from the app has been handled."""
-        if self.held:
-            self._write(b"")
-
-    def informational(self, exchange: Exchange, response: ResponseHead) -> None:
-        """Forward a 1xx (100 Continue, 103 Early Hints) to an HTTP/1.1 client."""
-        if exchange.version != b"1.1":
-            return
-        lines = [status_line(b"1.1", response.status)]
-        lines += [
-            n + b": " + v + b"\r\n"
-            for n, v in response.headers
-            if n.lower() not in HOP_BY_HOP and n.lower() != b"content-length"
-        ]
-        lines.append(b"\r\n")
-        self._write(b"".join(lines))
-
-    def response_body(self, exchange: Exchange, chunk: bytes) -> None:
-        exchange.response_bytes += len(chunk)
-        if self.path.track_writes:
-            self.timer.wrote(self.loop.time())
-        if exchange.response_framing == CHUNKED:
-            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        self._write(chunk)
-
-    def response_complete(
-        self, exchange: Exchange, trailers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        if exchange.response_framing == CHUNKED:
-            tail = render_trailers(trailers) if trailers else b""
-            self._write(b"0\r\n" + tail + b"\r\n")
-        self._finish(exchange)
-
-    def upstream_failed(self, exchange: Exchange, error: str) -> None:
-        """The app could not be reached, broke off or answered malformed: 502 with Go's error text
-        (`knative.dev/pkg/network/error_handler.go`)."""
-        if exchange.state == DONE:
-            return
-        exchange.upstream = None
-        reason = upstream_failure_reason(error)
-        self.rejected(reason, CUT if exchange.response_started else 502, error.encode())
-        if exchange.response_started:
-            # Part of the response is out: the only honest signal left is to cut the connection.
-            exchange.keep_alive = False
-            self._finish(exchange)
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        self.respond_locally(exchange, 502, error.encode() + b"\n")
-
-    def respond_locally(
-        self,
-        exchange: Exchange,
-        status: int,
-        body: bytes,
-        extra_headers: tuple[tuple[bytes, bytes], ...] = (),
-    ) -> None:
-        """Answer without (or instead of) the app."""
-        if not exchange.request_done or exchange.upgrade:
-            # The rest of its body would be read as a new request: close after answering. After
-            # an upgrade request nobody knows what the client sends next.
-            exchange.keep_alive = False
-        upstream = exchange.upstream
-        if upstream is not None:
-            exchange.upstream = None
-            upstream.abort()  # whatever the app still sends belongs to nobody
-        exchange.status = status
-        exchange.response_bytes = len(body)
-        exchange.response_started = True
-        self._write(
-            simple_response(
-                status,
-                body,
-                version=exchange.version,
-                keep_alive=exchange.keep_alive,
-                extra_headers=extra_headers,
-                head_only=exchange.method == b"HEAD",
-            )
-        )
-        self._finish(exchange)
-
-    def start_tunnel(self, exchange: Exchange, upstream: UpstreamConnection, rest: bytes) -> None:
-        """101 from the app: from now on bytes flow both ways untouched."""
-        exchange.state = TUNNEL
-        self.tunnel_upstream = upstream
-        pending = b"".join(exchange.body)
-        exchange.body.clear()
-        if pending:
-            upstream.write(pending)
-        if self.buffer:
-            # What the client sent after its upgrade request belongs to the new protocol.
-            upstream.write(bytes(self.buffer))
-            self.buffer = bytearray()
-        self._write(rest)  # with the held 101 head
-        self._resume_reading(_BODY_BACKLOG | _ANSWERING | _UPSTREAM_FULL)
-
-    def tunnel_data(self, data: bytes) -> None:
-        self._write(data)
-        if self.path.track_writes:
-            self.timer.wrote(self.loop.time())
-
-    def tunnel_closed(self) -> None:
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.keep_alive = False
-            self._finish(exchange)
-        if self.transport is not None:
-            self.transport.close()
 
     def _finish(self, exchange: Exchange) -> None:
         if exchange.state == DONE:
@@ -968,7 +682,7 @@ class ClientConnection(asyncio.Protocol):
         # Whatever paused reading for this exchange (its body waiting for a connection, the
         # app's full socket buffer) ended with it: the next request is read.
         if self.reading_paused:
-            self._resume_reading(_ANSWERING | _BODY_BACKLOG | _UPSTREAM_FULL)
+            self._resume_reading(ANSWERING | BODY_BACKLOG | UPSTREAM_FULL)
         if self.buffer and not self.processing:
             self._process(self.buffer)
 
@@ -1102,9 +816,9 @@ class ClientConnection(asyncio.Protocol):
     def upstream_writable(self, writable: bool) -> None:
         """The app's socket buffer filled up (or drained): stop (resume) reading the client."""
         if writable:
-            self._resume_reading(_UPSTREAM_FULL)
+            self._resume_reading(UPSTREAM_FULL)
         else:
-            self._pause_reading(_UPSTREAM_FULL)
+            self._pause_reading(UPSTREAM_FULL)
 
     def _write(self, data: bytes) -> None:
         if self.held:
@@ -1121,21 +835,3 @@ class ClientConnection(asyncio.Protocol):
                 self._close()
             return
         exchange.keep_alive = False
-
-
-def forwarded_value(xff: list[bytes], xfp: bytes, xfh: bytes) -> bytes:
-    """Knative's Forwarded shim (`pkg/http/forwarded_shim.go`): RFC 7239 `Forwarded` from the
-    X-Forwarded-* headers."""
-    nodes = [n.strip() for value in xff for n in value.split(b",") if n.strip()] or [b""]
-    elements = []
-    for index, node in enumerate(nodes):
-        pairs = []
-        if node:
-            pairs.append(b'for="[' + node + b']"' if b":" in node else b"for=" + node)
-        if index == 0:
-            if xfh:
-                pairs.append(b"host=" + xfh)
-            if xfp:
-                pairs.append(b"proto=" + xfp)
-        elements.append(b";".join(pairs))
-    return b", ".join(element for element in elements if element)

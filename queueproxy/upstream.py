@@ -40,7 +40,7 @@ from queueproxy.h1 import (
 )
 
 if TYPE_CHECKING:
-    from queueproxy.proxy import Exchange
+    from queueproxy.exchange import Exchange
 
 # Go's dialer in Knative: first try 50 ms, x1.4 per step; we stop after ~2 s in all.
 DIAL_TIMEOUTS = tuple(0.05 * 1.4**step for step in range(10))

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from queueproxy.breaker import Breaker
+from queueproxy.exchange import Exchange
 from queueproxy.h1 import parse_request_head
 from queueproxy.observer import RequestObserver
-from queueproxy.proxy import Exchange
 from queueproxy.requestlog import RequestLogger
 from queueproxy.stats import RequestStats
 from queueproxy.usermetrics import RevisionMetrics
