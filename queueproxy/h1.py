@@ -18,9 +18,7 @@ Theory of operation:
   raises `ProtocolError` carrying the status to answer with (as h11's `error_status_hint`):
   400, 405, 414, 431, 501 or 505.
 - `parse_response_head` does the same for the app's answers; errors there mean 502.
-- `ContentLengthReader`, `ChunkedReader` and `UntilCloseReader` cut a body out of a byte stream:
-  `read(data, pos)` returns the payload bytes it found and the position after them; `done` says the
-  body has ended. The chunked reader validates every size line, extension, CRLF and trailer.
+- The body readers (`h1body`) cut a body out of a byte stream by the framing decided here.
 
 Strictness (RFC 9112 allows leniency in places; Go and HAProxy take some of it; we do not, because
 every leniency is a place where two parsers can disagree about a message boundary):
@@ -40,7 +38,6 @@ every leniency is a place where two parsers can disagree about a message boundar
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Final
 
 # The largest request or response head we accept, counted as bytes arrive. Go allows 1 MiB; 64 KiB
@@ -68,15 +65,6 @@ _HOST = re.compile(
     rb"|\[[0-9A-Fa-f:.vV\-]+\](?::[0-9]*)?"
 )
 _DIGITS = re.compile(rb"[0-9]+")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-# chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), RFC 9112 §7.1.1.
-_CHUNK_EXT = re.compile(
-    rb"(?:[ \t]*;[ \t]*[!#$%&\'*+\-.^_`|~0-9A-Za-z]+"
-    rb'(?:[ \t]*=[ \t]*(?:[!#$%&\'*+\-.^_`|~0-9A-Za-z]+|"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]'
-    rb'|\\[\t\x20-\x7e\x80-\xff])*"))?)*'
-)
-# Byte sets for checks done by bytes.translate (C speed, no per-character Python work): what
-# remains after deleting the allowed bytes must be empty.
 _ALL = bytes(range(256))
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # field-vchar, SP, HTAB and obs-text: everything but CTLs (RFC 9110 §5.5)
@@ -322,7 +310,7 @@ def _parse_request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     return method, target, b"1.0" if match.group(2) == b"0" else b"1.1"
 
 
-def _field_block_ok(block: bytes) -> bool:
+def field_block_ok(block: bytes) -> bool:
     """No control character but HTAB, and every CR and LF part of a CRLF (RFC 9112 §2.2, §5.2)."""
     rest = block.translate(None, _FIELD_BYTES)
     return len(rest) == 2 * block.count(b"\r\n")
@@ -333,9 +321,9 @@ def _is_token(value: bytes) -> bool:
     return bool(value) and not value.translate(None, _TCHAR)
 
 
-def _split_fields(block: bytes, status: int) -> list[tuple[bytes, bytes, bytes]]:
+def split_fields(block: bytes, status: int) -> list[tuple[bytes, bytes, bytes]]:
     """The field lines of `block` (each ending with CRLF; control characters already refused by
-    `_field_block_ok`) as (name, value without OWS, lower-case name).
+    `field_block_ok`) as (name, value without OWS, lower-case name).
 
     field-line = field-name ":" OWS field-value OWS (RFC 9112 §5): the name must be a token,
     with nothing between it and the colon; obs-fold starts with whitespace and so is no token.
@@ -358,7 +346,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     """
     line_end = head.find(b"\r\n")
     method, target, version = _parse_request_line(head[:line_end])
-    if not _field_block_ok(head):
+    if not field_block_ok(head):
         raise ProtocolError(400, "Bad Request: control character or bare CR/LF in the head")
     request = RequestHead()
     request.method = method
@@ -375,7 +363,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     transfer_encoding: list[bytes] | None = None
     connection: list[bytes] | None = None
     upgrade = b""
-    for name, value, lname in _split_fields(head[line_end + 2 : -2], 400):
+    for name, value, lname in split_fields(head[line_end + 2 : -2], 400):
         headers.append((name, value))
         if b"_" in lname and lname.replace(b"_", b"-") in _FRAMING_FIELDS:
             # CGI-style servers (WSGI, PHP) read `Content_Length` as `Content-Length`: a field
@@ -525,7 +513,7 @@ def parse_response_head(
         or (line_end > 12 and head[12:13] != b" ")
     ):
         raise ProtocolError(502, "malformed HTTP status line")
-    if not _field_block_ok(head):
+    if not field_block_ok(head):
         raise ProtocolError(502, "malformed HTTP response head: control character or bare CR/LF")
     response = ResponseHead()
     response.version = b"1.0" if head[7] == 48 else b"1.1"
@@ -539,7 +527,7 @@ def parse_response_head(
     connection: list[bytes] | None = None
     plain = True
     headers: list[tuple[bytes, bytes]] = []
-    for name, value, lname in _split_fields(fields, 502):
+    for name, value, lname in split_fields(fields, 502):
         headers.append((name, value))
         if lname not in _FIELDS_OF_NOTE:
             continue
@@ -640,159 +628,6 @@ class HeadMemo:
         return parsed
 
 
-# -- Bodies ------------------------------------------------------------------------------------
-
-
-class ContentLengthReader:
-    """A body of exactly `length` bytes."""
-
-    __slots__ = ("remaining", "done", "trailers")
-
-    def __init__(self, length: int) -> None:
-        self.remaining = length
-        self.done = length == 0
-        self.trailers: list[tuple[bytes, bytes]] = []
-
-    def read(self, data: bytes, pos: int) -> tuple[list[bytes], int]:
-        """Payload found in `data` from `pos`, and the position after it."""
-        available = len(data) - pos
-        if available <= 0:
-            return [], pos
-        take = self.remaining if available > self.remaining else available
-        self.remaining -= take
-        if self.remaining == 0:
-            self.done = True
-        if pos == 0 and take == len(data) and type(data) is bytes:
-            return [data], take  # no copy; a bytearray is copied, its owner reuses it
-        return [bytes(data[pos : pos + take])], pos + take
-
-
-class UntilCloseReader:
-    """A response body delimited by the connection's close (RFC 9112 §6.3 item 8)."""
-
-    __slots__ = ("done", "trailers")
-
-    def __init__(self) -> None:
-        self.done = False
-        self.trailers: list[tuple[bytes, bytes]] = []
-
-    def read(self, data: bytes, pos: int) -> tuple[list[bytes], int]:
-        if pos >= len(data):
-            return [], pos
-        if pos == 0 and type(data) is bytes:
-            return [data], len(data)
-        return [bytes(data[pos:])], len(data)
-
-
-_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
-
-
-class ChunkedReader:
-    """The chunked transfer coding (RFC 9112 §7.1), decoded.
-
-    Payload comes out without chunk framing and extensions; the trailer fields, if any, are in
-    `trailers` once `done`. Raises ProtocolError(400) on any deviation: a size that is not 1–16
-    hex digits, a malformed extension, chunk data not followed by CRLF, a malformed trailer
-    field; 431 past MAX_CHUNK_LINE or MAX_TRAILER_BYTES. Partial lines are kept between calls
-    (bounded by those limits), so data may arrive split anywhere.
-    """
-
-    __slots__ = ("state", "remaining", "line", "done", "trailers", "trailer_bytes")
-
-    def __init__(self) -> None:
-        self.state = _SIZE
-        self.remaining = 0
-        self.line = b""
-        self.done = False
-        self.trailers: list[tuple[bytes, bytes]] = []
-        self.trailer_bytes = 0
-
-    def read(self, data: bytes, pos: int) -> tuple[list[bytes], int]:
-        out: list[bytes] = []
-        end = len(data)
-        while pos < end and not self.done:
-            state = self.state
-            if state == _DATA:
-                take = min(self.remaining, end - pos)
-                out.append(bytes(data[pos : pos + take]))
-                pos += take
-                self.remaining -= take
-                if self.remaining == 0:
-                    self.state = _DATA_END
-            elif state == _DATA_END:
-                # Exactly CRLF after the data; collect up to two bytes across reads.
-                need = 2 - len(self.line)
-                self.line += data[pos : pos + need]
-                pos += min(need, end - pos)
-                if len(self.line) == 2:
-                    if self.line != b"\r\n":
-                        raise ProtocolError(400, "Bad Request: chunk data not followed by CRLF")
-                    self.line = b""
-                    self.state = _SIZE
-            else:
-                line, pos = self._line(data, pos)
-                if line is None:
-                    break
-                if state == _SIZE:
-                    self._size_line(line)
-                else:
-                    self._trailer_line(line)
-        return out, pos
-
-    def _line(self, data: bytes, pos: int) -> tuple[bytes | None, int]:
-        """The next CRLF-terminated line (without CRLF), or None and all of `data` consumed."""
-        limit = MAX_CHUNK_LINE if self.state == _SIZE else MAX_TRAILER_BYTES
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            self.line += data[pos:]
-            if len(self.line) > limit:
-                raise ProtocolError(431, "Request Header Fields Too Large: chunk line")
-            return None, len(data)
-        line = self.line + data[pos:nl]
-        self.line = b""
-        if len(line) > limit:
-            raise ProtocolError(431, "Request Header Fields Too Large: chunk line")
-        if not line.endswith(b"\r") or b"\r" in line[:-1]:
-            raise ProtocolError(400, "Bad Request: bare LF or CR in chunked framing")
-        return line[:-1], nl + 1
-
-    def _size_line(self, line: bytes) -> None:
-        semi = line.find(b";")
-        size, ext = (line, b"") if semi < 0 else (line[:semi], line[semi:])
-        size = size.rstrip(b" \t") if ext else size
-        if _HEX.fullmatch(size) is None or (ext and _CHUNK_EXT.fullmatch(ext) is None):
-            raise ProtocolError(400, "Bad Request: invalid chunk size line")
-        self.remaining = int(size, 16)
-        self.state = _DATA if self.remaining else _TRAILER
-
-    def _trailer_line(self, line: bytes) -> None:
-        if not line:
-            self.state = _DONE
-            self.done = True
-            return
-        self.trailer_bytes += len(line) + 2
-        if self.trailer_bytes > MAX_TRAILER_BYTES:
-            raise ProtocolError(431, "Request Header Fields Too Large: trailers")
-        if not _field_block_ok(line):
-            raise ProtocolError(400, "Bad Request: malformed trailer field")
-        ((name, value, _),) = _split_fields(line + b"\r\n", 400)
-        self.trailers.append((name, value))
-
-
-BodyReader = ContentLengthReader | ChunkedReader | UntilCloseReader
-
-
-def body_reader(framing: int, length: int) -> BodyReader | None:
-    """The reader for a framing decision, or None when the message has no body."""
-    if framing == LENGTH:
-        return ContentLengthReader(length)
-    if framing == CHUNKED:
-        return ChunkedReader()
-    if framing == UNTIL_CLOSE:
-        return UntilCloseReader()
-    return None
-
-
 # Fields that describe a message's own framing or routing: a `Connection` header naming them
 # never removes them (RFC 9110 §7.6.1 lets a sender list only hop-by-hop fields; listing these is
 # an attack, not a request), and they are never taken from trailers (RFC 9110 §6.5.1).
@@ -800,32 +635,3 @@ PROTECTED_FIELDS: Final = frozenset(
     {b"content-length", b"transfer-encoding", b"host", b"trailer", b"te", b"upgrade"}
 )
 """Lower-case names that `Connection` cannot remove and trailers cannot carry."""
-
-FORBIDDEN_TRAILERS: Final = PROTECTED_FIELDS | frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"content-type",
-        b"content-encoding",
-        b"content-range",
-        b"authorization",
-        b"set-cookie",
-        b"cookie",
-        b"cache-control",
-        b"expect",
-        b"max-forwards",
-        b"pragma",
-        b"range",
-    }
-)
-
-
-def render_trailers(trailers: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The trailer fields to send on, as field lines: those that may appear in a trailer
-    (RFC 9110 §6.5.1; `FORBIDDEN_TRAILERS`), an underscore look-alike counted as its dashed name."""
-    return b"".join(
-        name + b": " + value + b"\r\n"
-        for name, value in trailers
-        if name.lower().replace(b"_", b"-") not in FORBIDDEN_TRAILERS
-    )

@@ -14,7 +14,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from queueproxy.exchange import DONE, TUNNEL, Exchange
-from queueproxy.h1 import CHUNKED, LENGTH, NO_BODY, PROTECTED_FIELDS, ResponseHead, render_trailers
+from queueproxy.h1 import CHUNKED, LENGTH, NO_BODY, PROTECTED_FIELDS, ResponseHead
+from queueproxy.h1body import render_trailers
 from queueproxy.http11 import DATE, HOP_BY_HOP, simple_response, status_line
 from queueproxy.outcomes import CUT, upstream_failure_reason
 from queueproxy.timeouts import RequestTimer

@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from urllib.parse import urlsplit
 
-from queueproxy.h1 import body_reader, parse_response_head
+from queueproxy.h1 import parse_response_head
+from queueproxy.h1body import body_reader
 from queueproxy.kpa import LINEAR, WEIGHTED_EXPONENTIAL, Decision, KpaConfig, KpaModel, Stat
 from queueproxy.statwire import decode_varint
 

@@ -52,16 +52,14 @@ from queueproxy.h1 import (
     LENGTH,
     NO_BODY,
     PROTECTED_FIELDS,
-    BodyReader,
     HeadFinder,
     HeadMemo,
     ProtocolError,
     RequestHead,
-    body_reader,
-    render_trailers,
     skip_empty_lines,
     valid_host,
 )
+from queueproxy.h1body import BodyReader, body_reader, render_trailers
 from queueproxy.h1response import (
     ANSWERING,
     BODY_BACKLOG,

@@ -31,13 +31,12 @@ from queueproxy.h1 import (
     LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
-    BodyReader,
     HeadFinder,
     HeadMemo,
     ProtocolError,
     ResponseHead,
-    body_reader,
 )
+from queueproxy.h1body import BodyReader, body_reader
 
 if TYPE_CHECKING:
     from queueproxy.exchange import Exchange

@@ -13,14 +13,13 @@ from queueproxy.h1 import (
     MAX_HEAD_BYTES,
     NO_BODY,
     UNTIL_CLOSE,
-    ChunkedReader,
-    ContentLengthReader,
     ProtocolError,
     check_partial_head,
     find_head_end,
     parse_request_head,
     parse_response_head,
 )
+from queueproxy.h1body import ChunkedReader, ContentLengthReader
 
 
 def request(*lines: bytes, version: bytes = b"HTTP/1.1", line: bytes | None = None) -> bytes:
