@@ -23,7 +23,14 @@ from queueproxy.h1 import valid_host
 from queueproxy.h2limits import MAX_CLOSED_STREAMS, MAX_CONCURRENT_STREAMS
 from queueproxy.h2upstream import _CONNECTION_SPECIFIC, _NAME_BYTES, bad_value
 from queueproxy.http11 import HOP_BY_HOP
-from queueproxy.proxy import _IDEMPOTENCY_KEYS, _STRIPPED_REQUEST, WAITING, forwarded_value
+from queueproxy.proxy import (
+    _IDEMPOTENCY_KEYS,
+    _STRIPPED_REQUEST,
+    KNATIVE_FIELDS,
+    WAITING,
+    forwarded_value,
+    note_knative_field,
+)
 from queueproxy.timeouts import RequestTimer
 
 if TYPE_CHECKING:
@@ -200,6 +207,7 @@ class Stream:
         "headers",
         "user_agent",
         "network_probe",
+        "knative_fields",
         "proxied",
         "keep_alive",
         "body_chunked",
@@ -235,6 +243,7 @@ class Stream:
         self.headers: Headers = []
         self.user_agent = b""
         self.network_probe: bytes | None = None
+        self.knative_fields: dict[bytes, bytes] | None = None  # as `proxy.Exchange`'s
         self.proxied = False
         self.keep_alive = True
         self.body_chunked = False
@@ -304,6 +313,8 @@ def classify(
             if not seen_proxy_request:
                 seen_proxy_request = True
                 stream.proxied = value == b"activator"
+        elif name in KNATIVE_FIELDS:
+            note_knative_field(stream, name, value)
         elif name == b"x-forwarded-for":
             xff.append(value)
             continue

@@ -123,9 +123,12 @@ class RequestObserver:
 
     def _route_tag(self, exchange: Exchange) -> str:
         """Knative's `GetRouteTagNameFromRequest`, for the route tag metric label."""
-        tag = exchange.header(b"knative-serving-tag")
-        default_route = exchange.header(b"knative-serving-default-route")
+        fields = exchange.knative_fields
         disabled, default, undefined = self.route_tags
+        if fields is None:  # the common case: neither field
+            return disabled
+        tag = fields.get(b"knative-serving-tag")
+        default_route = fields.get(b"knative-serving-default-route")
         if tag is None:
             return disabled if default_route is None else default
         if default_route == b"true":
