@@ -11,15 +11,16 @@ local mode: no Knative variables, every setting has a default and a flag. In bot
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import re
-import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import argparse
 
 # Knative's `pkg/observability/config.go` DefaultRequestLogTemplate (v1.19+).
 DEFAULT_REQUEST_LOG_TEMPLATE = (
@@ -552,12 +553,14 @@ def _check_ports(values: Mapping[str, Any], labels: Mapping[str, str]) -> None:
 # --- Local mode: flags become the environment Knative would have set --------------------------
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
+# argparse and textwrap are imported only here, in local mode: the pod path reads the
+# environment alone, and importing them (with gettext) and wrapping the help text cost ~2 ms
+# of every pod's start.
 
 
 def _flag(parse: Parser) -> Parser:
+    import argparse
+
     def convert(text: str) -> Any:
         try:
             return parse(text)
@@ -572,19 +575,16 @@ def _probe_json(text: str) -> str:
     return text
 
 
-_EPILOG = "\n\n".join(
-    textwrap.fill(paragraph, 88)
-    for paragraph in (
-        "Without arguments, queueproxy is Knative's queue-proxy sidecar and reads the "
-        f"environment the Knative reconciler sets. Required: {', '.join(REQUIRED_VARIABLES)}.",
-        "Optional: SERVING_SERVICE, SYSTEM_NAMESPACE, REVISION_RESPONSE_START_TIMEOUT_SECONDS, "
-        "REVISION_IDLE_TIMEOUT_SECONDS, SERVING_READINESS_PROBE, ENABLE_HTTP2_AUTO_DETECTION, "
-        "ENABLE_HTTP_FULL_DUPLEX, ENABLE_MULTI_CONTAINER_PROBES, QUEUE_PROXY_TLS_*, and either "
-        "OBSERVABILITY_CONFIG (v1.19+) or the v1.18 SERVING_REQUEST_*, SERVING_ENABLE_*, "
-        "ENABLE_PROFILING and TRACING_CONFIG_* variables.",
-        f"In both modes {', '.join(name for _, name, _, _ in OUR_VARIABLES)} apply; "
-        "in local mode a flag wins over its variable.",
-    )
+_EPILOG_PARAGRAPHS = (
+    "Without arguments, queueproxy is Knative's queue-proxy sidecar and reads the "
+    f"environment the Knative reconciler sets. Required: {', '.join(REQUIRED_VARIABLES)}.",
+    "Optional: SERVING_SERVICE, SYSTEM_NAMESPACE, REVISION_RESPONSE_START_TIMEOUT_SECONDS, "
+    "REVISION_IDLE_TIMEOUT_SECONDS, SERVING_READINESS_PROBE, ENABLE_HTTP2_AUTO_DETECTION, "
+    "ENABLE_HTTP_FULL_DUPLEX, ENABLE_MULTI_CONTAINER_PROBES, QUEUE_PROXY_TLS_*, and either "
+    "OBSERVABILITY_CONFIG (v1.19+) or the v1.18 SERVING_REQUEST_*, SERVING_ENABLE_*, "
+    "ENABLE_PROFILING and TRACING_CONFIG_* variables.",
+    f"In both modes {', '.join(name for _, name, _, _ in OUR_VARIABLES)} apply; "
+    "in local mode a flag wins over its variable.",
 )
 _METAVARS = {"--bind": "ADDRESS", "--drain-quiet-period": "SECONDS", "--readiness-probe": "JSON"}
 
@@ -632,11 +632,18 @@ LOCAL_FLAGS: tuple[tuple[str, str, Parser, Any, str], ...] = (
 
 
 def _local_parser() -> argparse.ArgumentParser:
+    import argparse
+    import textwrap
+
+    class _ArgumentParser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise ConfigError(message)
+
     parser = _ArgumentParser(
         prog="queueproxy",
         description="Knative's queue-proxy in Python. With any argument it runs in local mode, "
         "which needs no Knative environment: `queueproxy --local` uses all defaults.",
-        epilog=_EPILOG,
+        epilog="\n\n".join(textwrap.fill(paragraph, 88) for paragraph in _EPILOG_PARAGRAPHS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--local", action="store_true", help="local mode, defaults for the rest")

@@ -21,9 +21,11 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from queueproxy.exchange import (
     IDEMPOTENCY_KEYS,
+    KNATIVE_FIELDS,
     STRIPPED_REQUEST_FIELDS,
     WAITING,
     forwarded_value,
+    note_knative_field,
 )
 from queueproxy.h1 import valid_host
 from queueproxy.h2limits import MAX_CLOSED_STREAMS, MAX_CONCURRENT_STREAMS
@@ -219,6 +221,7 @@ class Stream:
         "headers",
         "user_agent",
         "network_probe",
+        "knative_fields",
         "proxied",
         "keep_alive",
         "body_chunked",
@@ -255,6 +258,7 @@ class Stream:
         self.headers: Headers = []
         self.user_agent = b""
         self.network_probe: bytes | None = None
+        self.knative_fields: dict[bytes, bytes] | None = None  # as `proxy.Exchange`'s
         self.proxied = False
         self.keep_alive = True
         self.body_chunked = False
@@ -325,6 +329,8 @@ def classify(
             if not seen_proxy_request:
                 seen_proxy_request = True
                 stream.proxied = value == b"activator"
+        elif name in KNATIVE_FIELDS:
+            note_knative_field(stream, name, value)
         elif name == b"x-forwarded-for":
             xff.append(value)
             continue

@@ -53,7 +53,8 @@ class HealthResponder:
             self._network_probe(conn, exchange)
             return True
         self.drain.touch()
-        if exchange.network_probe is None and exchange.header(b"k-kubelet-probe") is not None:
+        fields = exchange.knative_fields
+        if exchange.network_probe is None and fields is not None and b"k-kubelet-probe" in fields:
             conn.start_upstream(exchange)  # Knative's ProxyHandler: no stats, no breaker
             return True
         return False

@@ -68,6 +68,7 @@ class RequestObserver:
                 self.log(exchange, now, status, probe=True)
             return
         dispatched_at = exchange.dispatched_at
+        app: float | None = None
         if dispatched_at:
             wait, app = dispatched_at - exchange.started_at, now - dispatched_at
             self.outcomes.observe(wait, app)
@@ -75,11 +76,9 @@ class RequestObserver:
                 self.samples.append((now, wait, app))
         metrics = self.metrics
         if metrics is not None:
-            metrics.observe_request(
-                status, now - exchange.started_at, self._route_tag(exchange), exchange.method
+            metrics.observe(
+                status, now - exchange.started_at, app, self._route_tag(exchange), exchange.method
             )
-            if exchange.dispatched_at:
-                metrics.observe_app_request(status, now - exchange.dispatched_at)
         if self.request_log is not None:
             self.log(exchange, now, status, probe=False)
 
@@ -124,9 +123,12 @@ class RequestObserver:
 
     def _route_tag(self, exchange: Exchange) -> str:
         """Knative's `GetRouteTagNameFromRequest`, for the route tag metric label."""
-        tag = exchange.header(b"knative-serving-tag")
-        default_route = exchange.header(b"knative-serving-default-route")
+        fields = exchange.knative_fields
         disabled, default, undefined = self.route_tags
+        if fields is None:  # the common case: neither field
+            return disabled
+        tag = fields.get(b"knative-serving-tag")
+        default_route = fields.get(b"knative-serving-default-route")
         if tag is None:
             return disabled if default_route is None else default
         if default_route == b"true":

@@ -158,8 +158,13 @@ class Outcomes:
 
     def observe(self, wait: float, app: float) -> None:
         """A request that reached the app: `wait` seconds before, `app` seconds at it."""
-        self.wait.observe(wait)
-        self.app.observe(app)
+        # `SecondsHistogram.observe`, inlined: this runs for every request.
+        histogram = self.wait
+        histogram.counts[bisect_left(histogram.bounds, wait)] += 1
+        histogram.sum += wait
+        histogram = self.app
+        histogram.counts[bisect_left(histogram.bounds, app)] += 1
+        histogram.sum += app
 
     def render(self, at_app: int, queued: int, container_concurrency: int, capacity: int) -> bytes:
         """Our metrics in Prometheus text (0.0.4); gauges as passed in (read them live)."""

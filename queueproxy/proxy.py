@@ -38,6 +38,7 @@ from queueproxy.exchange import (
     CONNECTING,
     DONE,
     IDEMPOTENCY_KEYS,
+    NOTED_FIELDS,
     QUEUE_FULL_BODY,
     QUEUED,
     STRIPPED_REQUEST_FIELDS,
@@ -46,6 +47,7 @@ from queueproxy.exchange import (
     LocalResponder,
     Observer,
     forwarded_value,
+    note_knative_field,
 )
 from queueproxy.h1 import (
     CHUNKED,
@@ -401,6 +403,7 @@ class ClientConnection(ResponseSide, asyncio.Protocol):
                 exchange.head,
                 exchange.user_agent,
                 exchange.network_probe,
+                exchange.knative_fields,
                 exchange.proxied,
                 exchange.retryable,
                 exchange.upgrade,
@@ -474,16 +477,19 @@ class ClientConnection(ResponseSide, asyncio.Protocol):
             # What the request is (probe, health check, proxied) is decided before hop-by-hop
             # removal, as Knative's handlers see it: `Connection` cannot hide a probe. A repeated
             # field counts by its first value, as Go's `Header.Get` reads it.
-            if lname == b"user-agent":
-                if not exchange.user_agent:
-                    exchange.user_agent = value
-            elif lname == b"k-network-probe":
-                if exchange.network_probe is None:
-                    exchange.network_probe = value
-            elif lname == b"k-proxy-request":
-                if not seen_proxy_request:
-                    seen_proxy_request = True
-                    exchange.proxied = value == b"activator"
+            if lname in NOTED_FIELDS:
+                if lname == b"user-agent":
+                    if not exchange.user_agent:
+                        exchange.user_agent = value
+                elif lname == b"k-network-probe":
+                    if exchange.network_probe is None:
+                        exchange.network_probe = value
+                elif lname == b"k-proxy-request":
+                    if not seen_proxy_request:
+                        seen_proxy_request = True
+                        exchange.proxied = value == b"activator"
+                else:
+                    note_knative_field(exchange, lname, value)
             if named is not None and lname in named:
                 continue
             if lname == b"x-forwarded-for":
@@ -542,6 +548,7 @@ class ClientConnection(ResponseSide, asyncio.Protocol):
             exchange.head,
             exchange.user_agent,
             exchange.network_probe,
+            exchange.knative_fields,
             exchange.proxied,
             exchange.retryable,
             exchange.upgrade,

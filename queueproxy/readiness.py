@@ -29,9 +29,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING
-
-import httptools
 
 from queueproxy import h2probe
 
@@ -339,15 +338,23 @@ async def attempt(spec: ProbeSpec, timeout: float, *, h2c_first: bool = False) -
         return None
     except TimeoutError:
         return f"{spec.kind} probe of {spec.host}:{spec.port} timed out after {timeout:g}s"
-    except (
-        OSError,
-        EOFError,
-        httptools.HttpParserError,
-        h2probe.H2ProbeError,
-        InvalidProbeRequest,
-    ) as error:
+    except (OSError, EOFError, *_PARSER_ERRORS, h2probe.H2ProbeError, InvalidProbeRequest) as error:
         why = str(error) or type(error).__name__
         return f"{spec.kind} probe of {spec.host}:{spec.port} failed: {why}"
+
+
+# httptools is imported by the first HTTP probe (`_httptools`): a pod probing over TCP, the
+# default, never loads it. Until then no parser error can occur, so there is none to catch.
+_PARSER_ERRORS: tuple[type[Exception], ...] = ()
+
+
+@functools.cache
+def _httptools() -> ModuleType:
+    global _PARSER_ERRORS
+    import httptools
+
+    _PARSER_ERRORS = (httptools.HttpParserError,)
+    return httptools
 
 
 class InvalidProbeRequest(ValueError):
@@ -397,7 +404,8 @@ async def _h2c_attempt(spec: ProbeSpec, timeout: float) -> str | None:
 
 async def _http_attempt(spec: ProbeSpec, timeout: float) -> str | None:
     https = spec.scheme.upper() == "HTTPS"
-    response = _ProbeResponse()
+    httptools = _httptools()
+    response = _ProbeResponse(httptools)
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
@@ -447,10 +455,11 @@ _OURS = frozenset({"user-agent", "connection", "content-length", "transfer-encod
 class _ProbeResponse:
     """Parser callbacks for the one response of a probe."""
 
-    def __init__(self) -> None:
+    def __init__(self, httptools: ModuleType) -> None:
         self.status: int | None = None
         self.complete = False
         self._parser = httptools.HttpResponseParser(self)
+        self._upgrade = httptools.HttpParserUpgrade
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -467,7 +476,7 @@ class _ProbeResponse:
             received += len(data)
             try:
                 self._parser.feed_data(data)
-            except httptools.HttpParserUpgrade:
+            except self._upgrade:
                 return
 
 

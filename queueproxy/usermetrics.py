@@ -19,8 +19,10 @@ lock. And prometheus-client always names a counter `*_total`, while OpenCensus e
 series are plain Python objects and `render()` writes the Prometheus text format (0.0.4) itself;
 the tests parse it with prometheus-client's parser.
 
-The hot path is one dict lookup for the series (cached per status code and route tag) and one
-`bisect` into the bucket bounds. Request counts are the histograms' counts, so they cost nothing.
+The hot path (`observe`, once per request for both measurements) is one dict lookup per series
+(cached per status code and route tag) and one `bisect` into the bucket bounds, inlined rather
+than a method call per histogram. Request counts are the histograms' counts, so they cost
+nothing; all text is written at scrape.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # v1.18 `defaultLatencyDistribution`, milliseconds.
 LATENCY_BUCKETS_MS = (5, 10, 20, 40, 60, 80, 100, 150, 200, 250, 300, 350, 400, 450, 500, 600,
                       700, 800, 900, 1000, 2000, 5000, 10000, 20000, 50000, 100000)  # fmt: skip
+# The same as floats for the hot path: bisecting a float among floats is cheaper than among ints.
+_LATENCY_BOUNDS_MS = tuple(float(bound) for bound in LATENCY_BUCKETS_MS)
 # v1.19+ `latencyBounds` of kn.serving.invocation.duration, seconds; OpenTelemetry's HTTP
 # semantic conventions recommend the same boundaries for http.server.request.duration.
 DURATION_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
@@ -163,6 +167,33 @@ class RevisionMetrics:
         self._reports_queue_depth = container_concurrency > 0
         self._queue_depth: int | None = None
 
+    def observe(
+        self,
+        status: int,
+        seconds: float,
+        app_seconds: float | None,
+        route_tag: str,
+        method: str | bytes,
+    ) -> None:
+        """Both measurements of one finished request (seconds; `app_seconds` None when it never
+        reached the app). The histograms are updated inline: the data path calls this once per
+        request, and each Python call it saves is ~10% of its cost."""
+        series = self._requests.get((status, route_tag))
+        if series is None:
+            series = self._new_request_series(status, route_tag)
+        # `_whole_milliseconds` inlined, as a float: `// 1.0` truncates like `int()` for the
+        # non-negative latencies of a monotonic clock, and the sum is a float either way.
+        ms = (seconds * 1000.0 + 1e-6) // 1.0
+        series.counts[bisect_left(_LATENCY_BOUNDS_MS, ms)] += 1
+        series.sum += ms
+        if app_seconds is not None:
+            series = self._app_requests.get(status)
+            if series is None:
+                series = self._new_app_series(status)
+            ms = (app_seconds * 1000.0 + 1e-6) // 1.0
+            series.counts[bisect_left(_LATENCY_BOUNDS_MS, ms)] += 1
+            series.sum += ms
+
     def observe_request(
         self, status: int, seconds: float, route_tag: str, method: str | bytes
     ) -> None:
@@ -176,10 +207,14 @@ class RevisionMetrics:
         """Inner measurement: the proxy call to the user container only."""
         series = self._app_requests.get(status)
         if series is None:
-            series = self._app_requests[status] = Histogram(
-                LATENCY_BUCKETS_MS, _label_text(self._base + self._response_pairs(status))
-            )
+            series = self._new_app_series(status)
         series.observe(_whole_milliseconds(seconds))
+
+    def _new_app_series(self, status: int) -> Histogram:
+        series = self._app_requests[status] = Histogram(
+            LATENCY_BUCKETS_MS, _label_text(self._base + self._response_pairs(status))
+        )
+        return series
 
     def set_queue_depth(self, depth: int) -> None:
         """In-flight requests (active + waiting) when a request reaches the app; CC > 0 only."""
@@ -273,6 +308,28 @@ class OtelMetrics:
         self._reports_queue_depth = container_concurrency > 0
         self._queue_depth: int | None = None
 
+    def observe(
+        self,
+        status: int,
+        seconds: float,
+        app_seconds: float | None,
+        route_tag: str,
+        method: str | bytes,
+    ) -> None:
+        """Both measurements of one finished request, as `RevisionMetrics.observe`."""
+        method_label = _METHOD_LABELS.get(method, OVERFLOW_LABEL)
+        series = self._server.get((method_label, status, route_tag))
+        if series is None:
+            series = self._new_server_series(method_label, status, route_tag)
+        series.counts[bisect_left(DURATION_BUCKETS_SECONDS, seconds)] += 1
+        series.sum += seconds
+        if app_seconds is not None:
+            series = self._invocations.get(status)
+            if series is None:
+                series = self._new_invocation_series(status)
+            series.counts[bisect_left(DURATION_BUCKETS_SECONDS, app_seconds)] += 1
+            series.sum += app_seconds
+
     def observe_request(
         self, status: int, seconds: float, route_tag: str, method: str | bytes
     ) -> None:
@@ -287,9 +344,13 @@ class OtelMetrics:
         """Inner measurement (kn.serving.invocation.duration): the proxy call only."""
         series = self._invocations.get(status)
         if series is None:
-            labels = _label_text([("http_response_status_code", str(status))])
-            series = self._invocations[status] = Histogram(DURATION_BUCKETS_SECONDS, labels)
+            series = self._new_invocation_series(status)
         series.observe(seconds)
+
+    def _new_invocation_series(self, status: int) -> Histogram:
+        labels = _label_text([("http_response_status_code", str(status))])
+        series = self._invocations[status] = Histogram(DURATION_BUCKETS_SECONDS, labels)
+        return series
 
     def set_queue_depth(self, depth: int) -> None:
         if self._reports_queue_depth:

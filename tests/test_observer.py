@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from queueproxy.breaker import Breaker
-from queueproxy.exchange import Exchange
+from queueproxy.exchange import KNATIVE_FIELDS, Exchange, note_knative_field
 from queueproxy.h1 import parse_request_head
 from queueproxy.observer import RequestObserver
 from queueproxy.requestlog import RequestLogger
@@ -52,6 +52,10 @@ def exchange(started_at: float, **fields: object) -> Exchange:
     ex.started_at = started_at
     for name, value in fields.items():
         setattr(ex, name, value)
+    # What the data path's one pass over the fields notes for the observer.
+    for name, value in ex.headers:
+        if name.lower() in KNATIVE_FIELDS:
+            note_knative_field(ex, name.lower(), value)
     return ex
 
 

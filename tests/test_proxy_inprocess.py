@@ -94,3 +94,56 @@ async def test_a_connection_goes_back_to_the_pool_being_read() -> None:
     finally:
         pool.close()
         server.close()
+
+
+async def test_route_tag_fields_are_read_from_the_one_pass_and_from_repeated_heads():
+    """`knative-serving-tag` / `-default-route` are noted while the upstream head is built (any
+    case, first value wins, even when `Connection` names them) and kept for a repeated head,
+    which skips that pass: each request on one connection gets its own label."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from queueproxy.observer import RequestObserver
+    from queueproxy.stats import RequestStats
+    from queueproxy.usermetrics import RevisionMetrics
+
+    runner, app_port = await _app()
+    loop = asyncio.get_running_loop()
+    path = DataPath(loop, "127.0.0.1", app_port, None, 0, TimeoutRules(30))
+    metrics = RevisionMetrics(
+        namespace="ns", service="s", configuration="c", revision="r", pod="p",
+        container_concurrency=0,
+    )  # fmt: skip
+    path.observer = RequestObserver(
+        time.monotonic, RequestStats(time.monotonic()), metrics, None, None, "v1.18"
+    )
+    server = await loop.create_server(path.protocol_factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    heads = [
+        b"",
+        b"KNATIVE-SERVING-TAG: canary\r\n",
+        b"Knative-Serving-Tag: blue\r\nknative-serving-tag: green\r\n",
+        b"Knative-Serving-Default-Route: true\r\n",
+        b"Knative-Serving-Tag: t\r\nKnative-Serving-Default-Route: true\r\n",
+        b"Connection: knative-serving-tag\r\nKnative-Serving-Tag: named\r\n",
+    ]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for extra in heads * 2:  # the second round repeats each head
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(3) == b"ok\n"
+        writer.close()
+        await asyncio.sleep(0.05)
+        (family,) = [
+            f
+            for f in text_string_to_metric_families(metrics.render().decode())
+            if f.name == "revision_request_count"
+        ]
+        tags = {s.labels["route_tag"]: s.value for s in family.samples}
+        assert tags == {
+            "DISABLED": 2, "canary": 2, "blue": 2, "DEFAULT": 2, "UNDEFINED": 2, "named": 2
+        }  # fmt: skip
+    finally:
+        server.close()
+        path.pool.close()
+        await runner.cleanup()

@@ -286,3 +286,29 @@ def test_series_stay_bounded_when_clients_multiply_tags_methods_and_statuses(
     for sample in samples:
         per_status[int(sample.labels[status_label])] += sample.value
     assert set(per_status.values()) == {(MAX_ROUTE_TAGS + 1) * len(methods)}
+
+
+@pytest.mark.parametrize("era", ["v1.18", "v1.19"])
+def test_one_call_per_request_renders_like_the_two_measurements(era: str) -> None:
+    """`observe` (what the data path calls) inlines the histograms and, in v1.18, truncates to
+    milliseconds with float arithmetic: its scrape must be byte-identical to the two separate
+    measurements', at bucket edges, float-rounding cases and past the route-tag cap too."""
+    one, two = (v118(), v118()) if era == "v1.18" else (v119(), v119())
+    values = [0.0, 0.0003, 0.004999, 0.005, 0.0050001, 0.0059999, 0.006, 0.01, 0.57, 0.999,
+              1.0, 2.5, 10.0, 99.9999, 100.0, 100.001, 1234.5678]  # fmt: skip
+    statuses = [200, 201, 404, 500, 503]
+    methods = [b"GET", "POST", b"BREW", b"get"]
+    i = 0
+    for seconds in values:
+        for app in [*values[:4], None]:
+            for status in statuses:
+                method = methods[i % len(methods)]
+                tag = f"tag-{i % (MAX_ROUTE_TAGS + 30)}"
+                i += 1
+                one.observe(status, seconds, app, tag, method)
+                two.observe_request(status, seconds, tag, method)
+                if app is not None:
+                    two.observe_app_request(status, app)
+    assert i > MAX_ROUTE_TAGS
+    assert one.render() == two.render()
+    assert parse(one.render())  # and it is valid exposition text
