@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 QUEUE_FULL_BODY = b"pending request queue full\n"
 
-# Request fields the app never gets as sent: Knative's routing fields are dropped
-# (`pkg/queue/sharedmain/handlers.go`), and `Host` and `Content-Length` are rendered by us.
+# Request fields the app never gets as sent: Knative's routing fields are dropped (the
+# header-pruning proxy of `pkg/http/proxy.go`), `K-Original-Host` becomes the Host, and `Host`
+# and `Content-Length` are rendered by us.
 STRIPPED_REQUEST_FIELDS = frozenset(
     {
         b"knative-serving-revision",
