@@ -42,17 +42,15 @@ class ResponseSide:
     exchange: Exchange | None
     tunnel_upstream: UpstreamConnection | None
 
-    def _write(self, data: bytes) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the connection class
 
-    def _finish(self, exchange: Exchange) -> None:
-        raise NotImplementedError
+        def _write(self, data: bytes) -> None: ...
 
-    def _resume_reading(self, reason: int) -> None:
-        raise NotImplementedError
+        def _finish(self, exchange: Exchange) -> None: ...
 
-    def rejected(self, reason: str, status: int, detail: bytes) -> None:
-        raise NotImplementedError
+        def _resume_reading(self, reason: int) -> None: ...
+
+        def rejected(self, reason: str, status: int, detail: bytes) -> None: ...
 
     def response_head(self, exchange: Exchange, response: ResponseHead) -> None:
         """Forward the app's response head, framed for this client (RFC 9112 §6)."""

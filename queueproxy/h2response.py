@@ -36,14 +36,13 @@ class ResponseSide:
     writing_paused: bool
     closed: bool
 
-    def _finish(self, stream: Stream) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by the connection class
 
-    def _wrote(self, stream: Stream) -> None:
-        raise NotImplementedError
+        def _finish(self, stream: Stream) -> None: ...
 
-    def flush_soon(self) -> None:
-        raise NotImplementedError
+        def _wrote(self, stream: Stream) -> None: ...
+
+        def flush_soon(self) -> None: ...
 
     def response_head(self, stream: Stream, fields: Headers, end_stream: bool = False) -> None:
         if stream.state == DONE:

@@ -74,7 +74,7 @@ from queueproxy.outcomes import (
     upstream_failure_reason,
 )
 from queueproxy.proxy import DataPath
-from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer
+from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, Alarm, RequestTimer
 
 log = logging.getLogger("queueproxy")
 
@@ -87,7 +87,7 @@ def shared_pool(path: DataPath) -> H2UpstreamPool:
     return pool
 
 
-class H2ServerConnection(ResponseSide, asyncio.Protocol):
+class H2ServerConnection(ResponseSide, Alarm, asyncio.Protocol):
     """One client connection speaking HTTP/2; takes over the transport from the HTTP/1 side."""
 
     def __init__(self, path: DataPath, client_ip: bytes, remote_addr: bytes) -> None:
@@ -187,9 +187,7 @@ class H2ServerConnection(ResponseSide, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.path.connections.discard(self)
-        if self.timer_handle is not None:
-            self.timer_handle.cancel()
-            self.timer_handle = None
+        self._disarm()
         for stream in list(self.streams.values()):
             self._abandon(stream)
 
@@ -509,17 +507,6 @@ class H2ServerConnection(ResponseSide, asyncio.Protocol):
     def _wrote(self, stream: Stream) -> None:
         if stream.timer is not None and self.path.track_writes:
             stream.timer.wrote(self.loop.time())
-
-    def _arm(self, deadline: float | None) -> None:
-        if deadline is None:
-            return
-        handle = self.timer_handle
-        if handle is not None:
-            if self.timer_at <= deadline:
-                return
-            handle.cancel()
-        self.timer_at = deadline
-        self.timer_handle = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer_handle = None

@@ -81,7 +81,7 @@ from queueproxy.outcomes import (
     QUEUE_FULL,
     TIMEOUT,
 )
-from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, RequestTimer, TimeoutRules
+from queueproxy.timeouts import TIMEOUT_BODY, TIMEOUT_STATUS, Alarm, RequestTimer, TimeoutRules
 from queueproxy.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("queueproxy")
@@ -142,7 +142,7 @@ class DataPath:
                 self.admitted(waiter)  # type: ignore[arg-type]
 
 
-class ClientConnection(ResponseSide, asyncio.Protocol):
+class ClientConnection(ResponseSide, Alarm, asyncio.Protocol):
     """One inbound connection on the main port."""
 
     def __init__(self, path: DataPath) -> None:
@@ -195,9 +195,7 @@ class ClientConnection(ResponseSide, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.path.connections.discard(self)
-        if self.timer_handle is not None:
-            self.timer_handle.cancel()
-            self.timer_handle = None
+        self._disarm()
         exchange = self.exchange
         if exchange is not None:
             self._abandon(exchange)
@@ -256,9 +254,7 @@ class ClientConnection(ResponseSide, asyncio.Protocol):
         self.closed = True
         self.fresh = False
         self.path.connections.discard(self)
-        if self.timer_handle is not None:
-            self.timer_handle.cancel()
-            self.timer_handle = None
+        self._disarm()
 
     def eof_received(self) -> bool | None:
         # Like Go's server, a client that shuts its side is gone: its requests are cancelled.
@@ -703,18 +699,6 @@ class ClientConnection(ResponseSide, asyncio.Protocol):
         self._finish(exchange)
 
     # -- Timeouts (pkg/http/handler/timeout.go) ------------------------------------------------
-
-    def _arm(self, deadline: float | None) -> None:
-        """Make sure the timer fires no later than `deadline`; an earlier firing re-arms."""
-        if deadline is None:
-            return
-        handle = self.timer_handle
-        if handle is not None:
-            if self.timer_at <= deadline:
-                return
-            handle.cancel()
-        self.timer_at = deadline
-        self.timer_handle = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer_handle = None

@@ -14,7 +14,8 @@ Three rules, all measured from the request's arrival, so time spent queued in th
 never one per request: `start(now)` at arrival, `wrote(now)` on every response write (a float
 store, nothing more), `call_at(next_deadline())`, and in the callback `check(loop.time())`. A
 `None` from `check` means the timer fired early (a write moved the idle deadline): re-arm at
-`next_deadline()`. `stop()` when the response is complete.
+`next_deadline()`. `stop()` when the response is complete. `Alarm` is that one loop timer, mixed
+into both connection classes (HTTP/1 and HTTP/2).
 
 How the proxy must react to `Expired` (Knative's `timeoutWriter`):
 
@@ -29,7 +30,10 @@ How the proxy must react to `Expired` (Knative's `timeoutWriter`):
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    import asyncio
 
 TIMEOUT_STATUS = 504
 TIMEOUT_BODY = b"request timeout"
@@ -127,3 +131,36 @@ class RequestTimer:
 
     def _idle_since(self) -> float:
         return self.started_at if self.last_write is None else self.last_write
+
+
+class Alarm:
+    """A connection's one loop timer, armed for the earliest deadline any of its requests (or
+    its header timeout) has: a later deadline leaves it alone, an earlier one re-arms it. Mixed
+    into `proxy.ClientConnection` and `h2server.H2ServerConnection`, which set `timer_handle`
+    to None and `timer_at` in `__init__` and provide `loop` and `_on_timer` (which must clear
+    `timer_handle` first). It uses only the given loop: this module still imports no asyncio."""
+
+    loop: asyncio.AbstractEventLoop
+    timer_handle: asyncio.TimerHandle | None
+    timer_at: float
+
+    if TYPE_CHECKING:  # provided by the connection class
+
+        def _on_timer(self) -> None: ...
+
+    def _arm(self, deadline: float | None) -> None:
+        """Make sure the timer fires no later than `deadline`; an earlier firing re-arms."""
+        if deadline is None:
+            return
+        handle = self.timer_handle
+        if handle is not None:
+            if self.timer_at <= deadline:
+                return
+            handle.cancel()
+        self.timer_at = deadline
+        self.timer_handle = self.loop.call_at(deadline, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self.timer_handle is not None:
+            self.timer_handle.cancel()
+            self.timer_handle = None
