@@ -37,15 +37,21 @@ STRIPPED_REQUEST_FIELDS = frozenset(
 # draft-ietf-httpapi-idempotency-key-header; Go's transport honours both spellings).
 IDEMPOTENCY_KEYS = (b"idempotency-key", b"x-idempotency-key")
 
-# Fields only a probe or the route-tag label reads (`health`, `observer`): noted in the one pass
-# over the request's fields that builds the upstream head, rather than each reader scanning the
-# fields again (`Exchange.header`), which cost ~1.5k instructions per look-up.
+# Fields read by what decides what a request is (`health`: probes; the route-tag label;
+# `proxied`: the activator sent it), noted by `note_field` in the one pass over the request's
+# fields that builds the upstream head, rather than each reader scanning the fields again
+# (`Exchange.header`), which cost ~1.5k instructions per look-up.
 KNATIVE_FIELDS = frozenset(
-    {b"k-kubelet-probe", b"knative-serving-tag", b"knative-serving-default-route"}
+    {
+        b"k-kubelet-probe",
+        b"knative-serving-tag",
+        b"knative-serving-default-route",
+        b"k-proxy-request",
+    }
 )
-# The fields that pass decides something from; one set test keeps the common field (Accept,
-# Cookie...) from being compared with each of them in turn.
-NOTED_FIELDS = KNATIVE_FIELDS | {b"user-agent", b"k-network-probe", b"k-proxy-request"}
+# Every field that pass notes; one set test keeps the common field (Accept, Cookie...) from being
+# compared with each of them in turn.
+NOTED_FIELDS = KNATIVE_FIELDS | {b"user-agent", b"k-network-probe"}
 
 # Exchange states
 WAITING, QUEUED, CONNECTING, ACTIVE, TUNNEL, DONE = range(6)
@@ -154,13 +160,26 @@ class Exchange:
         return None
 
 
-def note_knative_field(exchange: Exchange | Stream, lname: bytes, value: bytes) -> None:
-    """Keep the first value of a KNATIVE_FIELDS field (Go's `Header.Get`)."""
-    fields = exchange.knative_fields
-    if fields is None:
-        exchange.knative_fields = {lname: value}
-    elif lname not in fields:
+def note_field(exchange: Exchange | Stream, lname: bytes, value: bytes) -> None:
+    """Record a NOTED_FIELDS field (lower-case `lname`) of the request, for HTTP/1 and HTTP/2
+    alike. What a request is (probe, health check, proxied) is decided before hop-by-hop removal,
+    as Knative's handlers see it, and a repeated field counts by its first value, as Go's
+    `Header.Get` reads it."""
+    if lname == b"user-agent":
+        if not exchange.user_agent:
+            exchange.user_agent = value
+    elif lname == b"k-network-probe":
+        if exchange.network_probe is None:
+            exchange.network_probe = value
+    else:
+        fields = exchange.knative_fields
+        if fields is None:
+            fields = exchange.knative_fields = {}
+        elif lname in fields:
+            return
         fields[lname] = value
+        if lname == b"k-proxy-request":
+            exchange.proxied = value == b"activator"
 
 
 def forwarded_value(xff: list[bytes], xfp: bytes, xfh: bytes) -> bytes:

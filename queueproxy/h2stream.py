@@ -21,11 +21,11 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from queueproxy.exchange import (
     IDEMPOTENCY_KEYS,
-    KNATIVE_FIELDS,
+    NOTED_FIELDS,
     STRIPPED_REQUEST_FIELDS,
     WAITING,
     forwarded_value,
-    note_knative_field,
+    note_field,
 )
 from queueproxy.h1 import valid_host
 from queueproxy.h2limits import MAX_CLOSED_STREAMS, MAX_CONCURRENT_STREAMS
@@ -258,7 +258,7 @@ class Stream:
         self.headers: Headers = []
         self.user_agent = b""
         self.network_probe: bytes | None = None
-        self.knative_fields: dict[bytes, bytes] | None = None  # as `proxy.Exchange`'s
+        self.knative_fields: dict[bytes, bytes] | None = None  # as `exchange.Exchange`'s
         self.proxied = False
         self.keep_alive = True
         self.body_chunked = False
@@ -302,7 +302,6 @@ def classify(
     xff: list[bytes] = []
     xfp = xfh = b""
     forwarded = False
-    seen_proxy_request = False
     te_trailers = False
     host = b""
     regular: Headers = []
@@ -319,18 +318,8 @@ def classify(
             elif name == b"te":
                 te_trailers = b"trailers" in value.lower()
             continue
-        if name == b"user-agent":
-            if not stream.user_agent:
-                stream.user_agent = value
-        elif name == b"k-network-probe":
-            if stream.network_probe is None:
-                stream.network_probe = value
-        elif name == b"k-proxy-request":
-            if not seen_proxy_request:
-                seen_proxy_request = True
-                stream.proxied = value == b"activator"
-        elif name in KNATIVE_FIELDS:
-            note_knative_field(stream, name, value)
+        if name in NOTED_FIELDS:
+            note_field(stream, name, value)
         elif name == b"x-forwarded-for":
             xff.append(value)
             continue

@@ -47,7 +47,7 @@ from queueproxy.exchange import (
     LocalResponder,
     Observer,
     forwarded_value,
-    note_knative_field,
+    note_field,
 )
 from queueproxy.h1 import (
     CHUNKED,
@@ -450,7 +450,6 @@ class ClientConnection(ResponseSide, Alarm, asyncio.Protocol):
         xff: list[bytes] = []
         xfp = xfh = b""
         forwarded = False
-        seen_proxy_request = False
         sent_length = False  # `Content-Length: 0` is kept: some apps want it on a POST
         te_trailers = False
         # Fields named in Connection are hop-by-hop, except those that frame or route the
@@ -470,22 +469,9 @@ class ClientConnection(ResponseSide, Alarm, asyncio.Protocol):
                 elif lname == b"content-length":
                     sent_length = True
                 continue
-            # What the request is (probe, health check, proxied) is decided before hop-by-hop
-            # removal, as Knative's handlers see it: `Connection` cannot hide a probe. A repeated
-            # field counts by its first value, as Go's `Header.Get` reads it.
+            # Noted before the Connection-named fields go: `Connection` cannot hide a probe.
             if lname in NOTED_FIELDS:
-                if lname == b"user-agent":
-                    if not exchange.user_agent:
-                        exchange.user_agent = value
-                elif lname == b"k-network-probe":
-                    if exchange.network_probe is None:
-                        exchange.network_probe = value
-                elif lname == b"k-proxy-request":
-                    if not seen_proxy_request:
-                        seen_proxy_request = True
-                        exchange.proxied = value == b"activator"
-                else:
-                    note_knative_field(exchange, lname, value)
+                note_field(exchange, lname, value)
             if named is not None and lname in named:
                 continue
             if lname == b"x-forwarded-for":

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from queueproxy.breaker import Breaker
-from queueproxy.exchange import KNATIVE_FIELDS, Exchange, note_knative_field
+from queueproxy.exchange import NOTED_FIELDS, Exchange, note_field
 from queueproxy.h1 import parse_request_head
 from queueproxy.observer import RequestObserver
 from queueproxy.requestlog import RequestLogger
@@ -54,8 +54,8 @@ def exchange(started_at: float, **fields: object) -> Exchange:
         setattr(ex, name, value)
     # What the data path's one pass over the fields notes for the observer.
     for name, value in ex.headers:
-        if name.lower() in KNATIVE_FIELDS:
-            note_knative_field(ex, name.lower(), value)
+        if name.lower() in NOTED_FIELDS:
+            note_field(ex, name.lower(), value)
     return ex
 
 
@@ -154,3 +154,27 @@ def test_route_tag_label_follows_knative_rules() -> None:
         observer.request_finished(ex)
     tags = [s.labels["route_tag"] for s in families(metrics)["revision_request_count"].samples]
     assert tags == ["DISABLED", "DEFAULT", "canary", "UNDEFINED"]
+
+
+def test_noted_fields_count_by_their_first_value() -> None:
+    # The one rule both protocols' field passes apply (`exchange.note_field`).
+    ex = exchange(0.0)
+    for name, value in (
+        (b"k-proxy-request", b"other"),
+        (b"k-proxy-request", b"activator"),
+        (b"k-network-probe", b"queue"),
+        (b"k-network-probe", b"probe"),
+        (b"user-agent", b"kube-probe/1.30"),
+        (b"user-agent", b"curl"),
+        (b"knative-serving-tag", b"blue"),
+        (b"knative-serving-tag", b"green"),
+    ):
+        note_field(ex, name, value)
+    assert ex.proxied is False
+    assert ex.network_probe == b"queue"
+    assert ex.user_agent == b"kube-probe/1.30"
+    assert ex.knative_fields == {b"k-proxy-request": b"other", b"knative-serving-tag": b"blue"}
+    proxied = exchange(0.0)
+    note_field(proxied, b"k-proxy-request", b"activator")
+    note_field(proxied, b"k-proxy-request", b"other")
+    assert proxied.proxied is True
