@@ -71,7 +71,7 @@ def _run(setting: str, requests: int) -> float:
         headers=[(b"host", b"example")],
         body_chunked=False,
         request_length=-1,
-        header=lambda name: None,
+        knative_fields=None,
     )
     started, finished = observer.request_started, observer.request_finished
     begin = time.perf_counter()
