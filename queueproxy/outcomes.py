@@ -158,9 +158,11 @@ class Outcomes:
 
     def observe(self, wait: float, app: float) -> None:
         """A request that reached the app: `wait` seconds before, `app` seconds at it."""
-        # `SecondsHistogram.observe`, inlined: this runs for every request.
+        # `SecondsHistogram.observe`, inlined: this runs for every request. A request that found
+        # a free slot and a pooled connection waited well under the first bound: no bisect.
         histogram = self.wait
-        histogram.counts[bisect_left(histogram.bounds, wait)] += 1
+        bounds = histogram.bounds
+        histogram.counts[0 if wait <= bounds[0] else bisect_left(bounds, wait)] += 1
         histogram.sum += wait
         histogram = self.app
         histogram.counts[bisect_left(histogram.bounds, app)] += 1

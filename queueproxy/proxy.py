@@ -333,7 +333,9 @@ class ClientConnection(ResponseSide, Alarm, asyncio.Protocol):
     def _read_head(self, data: bytes | bytearray, pos: int) -> int:
         """Parse a request head at `pos` and start its exchange; -1 when it is incomplete (the
         rest of `data` is then kept)."""
-        start = skip_empty_lines(data, pos) if data.startswith(b"\r\n", pos) else pos
+        # A CR first is rare (empty lines before a request line, RFC 9112 §2.2); indexing is
+        # cheaper than `startswith` for the usual letter.
+        start = skip_empty_lines(data, pos) if data[pos] == 13 else pos
         if start >= len(data):
             return start
         if not self.header_deadline:

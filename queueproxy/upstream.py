@@ -126,7 +126,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.received = True
             # What cannot begin a response is left over from the connection's last one (an app
             # that wrote past its response): the connection was stale, not this answer wrong.
-            self.stale = self.reused and not b"HTTP/".startswith(data[:5])
+            if self.reused:
+                start = data[:5]
+                self.stale = start != b"HTTP/" and not b"HTTP/".startswith(start)
         buffer = self.buffer
         if buffer:
             buffer += data
