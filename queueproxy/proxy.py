@@ -6,7 +6,8 @@ client costs ~5x the CPU (see docs/design.md). Reading order:
 - `DataPath`: what every connection shares (breaker, upstream pool, statistics, hooks).
 - `ClientConnection`: one inbound connection; finds request heads and bodies with `h1` (every
   framing rule is there), answers probes and errors itself, and serves one request at a time.
-  Its response side (re-framing the app's answer for this client) is `h1response.ResponseSide`.
+  The head it sends the app (Knative's header rules) is `h1request.upstream_head`; its response
+  side (re-framing the app's answer for this client) is `h1response.ResponseSide`.
 - `exchange.Exchange`: one request/response cycle through the breaker to the app.
 - `upstream.UpstreamConnection` / `UpstreamPool`: keep-alive connections to 127.0.0.1:$USER_PORT.
 
@@ -37,31 +38,25 @@ from queueproxy.exchange import (
     ACTIVE,
     CONNECTING,
     DONE,
-    IDEMPOTENCY_KEYS,
-    NOTED_FIELDS,
     QUEUE_FULL_BODY,
     QUEUED,
-    STRIPPED_REQUEST_FIELDS,
     TUNNEL,
     Exchange,
     LocalResponder,
     Observer,
-    forwarded_value,
-    note_field,
 )
 from queueproxy.h1 import (
     CHUNKED,
     LENGTH,
     NO_BODY,
-    PROTECTED_FIELDS,
     HeadFinder,
     HeadMemo,
     ProtocolError,
     RequestHead,
     skip_empty_lines,
-    valid_host,
 )
 from queueproxy.h1body import BodyReader, body_reader, render_trailers
+from queueproxy.h1request import upstream_head
 from queueproxy.h1response import (
     ANSWERING,
     BODY_BACKLOG,
@@ -71,7 +66,6 @@ from queueproxy.h1response import (
 from queueproxy.h2detect import h2c_upgrade_settings, preface_state
 from queueproxy.http11 import (
     HIGH_WATER,
-    HOP_BY_HOP,
     READ_HEADER_TIMEOUT,
     simple_response,
 )
@@ -446,85 +440,10 @@ class ClientConnection(ResponseSide, Alarm, asyncio.Protocol):
     # -- Request side --------------------------------------------------------------------------
 
     def _build_upstream_head(self, exchange: Exchange, request: RequestHead) -> None:
-        """Apply Knative's header rules (`pkg/http/header.go`, `pkg/queue/forwarded_shim.go`,
-        Go's `httputil.ReverseProxy`) and render the request head for the app."""
-        original_host = b""
-        xff: list[bytes] = []
-        xfp = xfh = b""
-        forwarded = False
-        sent_length = False  # `Content-Length: 0` is kept: some apps want it on a POST
-        te_trailers = False
-        # Fields named in Connection are hop-by-hop, except those that frame or route the
-        # message: those are rendered below from the framing decision, never dropped.
-        named = request.connection - PROTECTED_FIELDS if request.connection else None
-        kept: list[bytes] = []
-        append = kept.append
-        for name, value in request.headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"te":
-                    te_trailers = te_trailers or b"trailers" in value.lower()
-                continue
-            if lname in STRIPPED_REQUEST_FIELDS:
-                if lname == b"k-original-host" and not original_host:
-                    original_host = value
-                elif lname == b"content-length":
-                    sent_length = True
-                continue
-            # Noted before the Connection-named fields go: `Connection` cannot hide a probe.
-            if lname in NOTED_FIELDS:
-                note_field(exchange, lname, value)
-            if named is not None and lname in named:
-                continue
-            if lname == b"x-forwarded-for":
-                xff.append(value)
-                continue
-            elif lname == b"x-forwarded-proto":
-                xfp = value
-            elif lname == b"x-forwarded-host":
-                xfh = value
-            elif lname == b"forwarded":
-                forwarded = True
-            elif lname in IDEMPOTENCY_KEYS:
-                exchange.retryable = True
-            append(name + b": " + value + b"\r\n")
-        if original_host and not valid_host(original_host):
-            # It becomes the Host the app sees: the same syntax as Host (RFC 9110 §7.2).
-            raise ProtocolError(400, "Bad Request: invalid K-Original-Host header")
-        host = original_host or request.host or self.path.upstream_host_header
-        if not forwarded and (xff or xfp or xfh):
-            append(b"Forwarded: " + forwarded_value(xff, xfp, xfh) + b"\r\n")
-        xff.append(self.client_ip)
-        append(b"X-Forwarded-For: " + b", ".join(xff) + b"\r\n")
-        if te_trailers:
-            append(b"Te: trailers\r\n")
-        if request.upgrade:
-            # An h2c upgrade not granted by `_upgrade_h2c` is declined, never offered to the app:
-            # the request is answered over HTTP/1.1, as RFC 9110 §7.8 allows.
-            offered = b", ".join(
-                p.strip(b" \t")
-                for p in request.upgrade.split(b",")
-                if p.strip(b" \t") and p.strip(b" \t").lower() != b"h2c"
-            )
-            if offered:
-                exchange.upgrade = offered
-                append(b"Connection: Upgrade\r\nUpgrade: " + offered + b"\r\n")
-        framing = request.framing
-        if framing == CHUNKED:
-            append(b"Transfer-Encoding: chunked\r\n")
-        elif framing == LENGTH or sent_length:
-            append(b"Content-Length: %d\r\n" % request.length)
-        exchange.head = b"".join(
-            (
-                exchange.method,
-                b" ",
-                exchange.target,
-                b" HTTP/1.1\r\nHost: ",
-                host,
-                b"\r\n",
-                *kept,
-                b"\r\n",
-            )
+        """The request head for the app (`h1request.upstream_head`), remembered on the parsed
+        head for the next identical one from this client."""
+        exchange.head = upstream_head(
+            exchange, request, self.client_ip, self.path.upstream_host_header
         )
         request.upstream = (
             self.client_ip,
