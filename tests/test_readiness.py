@@ -714,7 +714,8 @@ def test_the_sidecar_loads_h2_only_for_a_probe_that_needs_it() -> None:
     code = (
         "import sys\n"
         "import queueproxy.server, queueproxy.readiness, queueproxy.main\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('h2', 'hpack', 'grpc')))\n"
+        "lazy = ('h2', 'hpack', 'grpc', 'queueproxy.h2probe', 'queueproxy.grpcwire')\n"
+        "print(sorted(m for m in sys.modules if m in lazy or m.split('.')[0] in lazy))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
