@@ -5,18 +5,26 @@
 A TCP relay on 127.0.0.1:PORT: each accepted connection gets its own connection to the app on
 127.0.0.1:APP_PORT, and bytes are copied both ways until either side closes. So the app's 200
 comes back through it, as through a proxy, but nothing is parsed, configured, probed, counted or
-logged. Its start time (bench.py's "floor" row, timed like the proxies: spawn to the first 200
-through it) is what the interpreter, `site`, asyncio and uvloop cost on this machine before any
-code of a sidecar runs; a proxy's start minus this floor is its own share.
+logged. It takes the two start-up measures queueproxy takes (the collector off until it listens,
+its socket bound without the loop's resolver), so the floor carries no cost queueproxy has shed.
+Its start time (bench.py's "floor" row, timed like the proxies: spawn to the first 200 through
+it) is what the interpreter, `site`, asyncio and uvloop cost on this machine before any code of
+a sidecar runs; a proxy's start minus this floor is its own share.
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import sys
+import gc
 
-import uvloop
+# As queueproxy's main() does: importing makes no garbage, and collecting during asyncio's and
+# uvloop's imports alone costs ~3 ms here. A floor without this would flatter the share on top.
+gc.disable()
+
+import asyncio  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+
+import uvloop  # noqa: E402
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -42,6 +50,7 @@ async def _relay(port: int, app_port: int) -> None:
     # Bound here rather than by asyncio: a host name there costs a getaddrinfo round trip on
     # uvloop's thread pool and the `idna` codec, which a floor should not pay.
     server = await asyncio.start_server(connected, sock=socket.create_server(("127.0.0.1", port)))
+    gc.enable()
     await server.serve_forever()
 
 
