@@ -7,7 +7,7 @@ before/after comparison in one run, queueproxy from another checkout when --base
 QP_BASELINE) names one (e.g. `git worktree add /tmp/qp-main main`). The queue-proxies get the
 same Knative environment.
 
-Scenarios (--scenarios, comma-separated; default all):
+Scenarios (--scenarios, comma-separated; default all; `none` times the starts only):
   get-c50     GET / at 50 connections
   get-c500    GET / at 500 connections
   post-64k    POST /upload with a 64 KiB body at 50 connections
@@ -20,10 +20,15 @@ Per scenario and target: 2xx responses per second, ratios to direct and to HAPro
 non-2xx responses, the proxy's CPU microseconds per request (user and system, from
 /proc/PID/stat deltas over each run) and its RSS. With --strace, syscalls per request
 (`strace -c -f -p PID` during one extra round). Then each proxy's start time: from spawning it to
-its first successful request through it, median of --starts starts. --json writes all of it.
+its first successful request through it, median of --starts starts, taken in turn with the same
+figure for a floor: bench/floor.py, the smallest asyncio + uvloop program that gets a request to
+the app (a TCP relay: it parses nothing, so it answers with the app's own 200), run by the same
+interpreter. A queueproxy's start minus the floor is the share of its own code; the rest is the
+interpreter, `site`, asyncio and uvloop. --json writes all of it.
 
     python bench/bench.py [--quick] [--scenarios get-c50,quota] [--rounds 3] [--duration 5]
                           [--strace] [--json results.json]
+    python bench/bench.py --scenarios none --targets queueproxy --starts 15
 
 Needs wrk (apt-get install wrk; haproxy and strace optional). Everything listens on 127.0.0.1.
 HTTP/2 (h2load through queueproxy and HAProxy `proto h2` to an h2c app) is bench/h2bench.py.
@@ -171,27 +176,35 @@ def run(
         app = launch_app(app_port, workdir)
         app_stack.callback(stop, app)
         wait_ok(app_port, app)
-        with ExitStack() as stack:
-            endpoints = {"direct": Endpoint("direct", app_port, None)} if "direct" in kinds else {}
-            procs = {}
-            for kind in proxies:
-                port = free_port()
-                procs[kind] = proc = launch(kind, port, setup)
-                stack.callback(stop, proc)
-                endpoints[kind] = Endpoint(kind, port, proc.pid)
-            for kind in proxies:
-                wait_ok(endpoints[kind].port, procs[kind], timeout=30)
-            progress(f"started: {', '.join(f'{k} :{e.port}' for k, e in endpoints.items())}")
-            results = [
-                run_scenario(SCENARIOS[name], endpoints, options, workdir)
-                for name in options.scenarios
-            ]
+        results: list[ScenarioResult] = []
+        if options.scenarios:  # else start times only
+            with ExitStack() as stack:
+                endpoints = {}
+                if "direct" in kinds:
+                    endpoints["direct"] = Endpoint("direct", app_port, None)
+                procs = {}
+                for kind in proxies:
+                    port = free_port()
+                    procs[kind] = proc = launch(kind, port, setup)
+                    stack.callback(stop, proc)
+                    endpoints[kind] = Endpoint(kind, port, proc.pid)
+                for kind in proxies:
+                    wait_ok(endpoints[kind].port, procs[kind], timeout=30)
+                progress(f"started: {', '.join(f'{k} :{e.port}' for k, e in endpoints.items())}")
+                results = [
+                    run_scenario(SCENARIOS[name], endpoints, options, workdir)
+                    for name in options.scenarios
+                ]
         starts: dict[str, dict[str, list[float]]] = {}
-        for kind in proxies:
-            if options.starts:
-                ready_ms, idle_rss = time_starts(kind, setup, options.starts)
-                starts[kind] = {"ready_ms": ready_ms, "idle_rss_mib": idle_rss}
-        if starts:
+        if options.starts and proxies:
+            # Start for start in turn, so a busy moment of the machine touches every target.
+            timed = [*proxies, "floor"]
+            starts = {kind: {"ready_ms": [], "idle_rss_mib": []} for kind in timed}
+            for _ in range(options.starts):
+                for kind in timed:
+                    ready_ms, idle_rss = time_starts(kind, setup, 1)
+                    starts[kind]["ready_ms"] += ready_ms
+                    starts[kind]["idle_rss_mib"] += idle_rss
             progress("start times done")
     return results, starts
 
@@ -255,12 +268,17 @@ def choose_targets(options: argparse.Namespace) -> list[str]:
     return kinds
 
 
-def _names(allowed: tuple[str, ...] | list[str]) -> Any:
+def _names(allowed: tuple[str, ...] | list[str], none: bool = False) -> Any:
+    """A comma-separated list of `allowed` names; with `none`, "none" is the empty list."""
+
     def parse(text: str) -> list[str]:
+        if none and text.strip() == "none":
+            return []
         names = [name.strip() for name in text.split(",") if name.strip()]
         unknown = [name for name in names if name not in allowed]
         if unknown or not names:
-            raise argparse.ArgumentTypeError(f"choose from {', '.join(allowed)}")
+            choices = [*allowed, "none"] if none else allowed
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
         return names
 
     return parse
@@ -273,7 +291,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--scenarios", type=_names(list(SCENARIOS)), default=list(SCENARIOS))
+    parser.add_argument(
+        "--scenarios",
+        type=_names(list(SCENARIOS), none=True),
+        default=list(SCENARIOS),
+        help="'none': start times only",
+    )
     parser.add_argument("--targets", type=_names(KINDS), default=list(KINDS))
     parser.add_argument("--rounds", type=int, help="alternating rounds per scenario (3)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (5)")
@@ -319,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             "estimated_seconds": round(
                 runs * (options.duration + 0.2)
                 + options.strace * len(options.scenarios) * len(proxies) * options.duration
-                + options.starts * len(proxies) * 1.0
+                + options.starts * (len(proxies) + 1 if proxies else 0) * 1.0
             ),
             "options": vars(options),
         }
@@ -327,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         if options.json:
             write_json(options.json, {"dry_run": True, **plan})
         return 0
-    missing = [tool for tool in ("wrk", "strace" if options.strace else "") if tool]
+    wanted = ("wrk" if options.scenarios else "", "strace" if options.strace else "")
+    missing = [tool for tool in wanted if tool]
     missing = [tool for tool in missing if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"not installed: {', '.join(missing)} (apt-get install {missing[0]})")

@@ -153,14 +153,34 @@ def print_report(
             f"\n## start: spawn to first successful request through it, {options.starts} starts "
             "(app already listening)"
         )
-        say("| target | median ms | min ms | max ms | idle RSS MiB |")
-        say("|---|---|---|---|---|")
+        say(
+            "floor: bench/floor.py, the smallest asyncio + uvloop program that gets a request to "
+            "the app (a TCP relay answering with the app's 200), same interpreter; "
+            "over floor = a queueproxy's median minus the floor's: its own code's share"
+        )
+        say("| target | median ms | min ms | max ms | over floor ms | idle RSS MiB |")
+        say("|---|---|---|---|---|---|")
+        shares = over_floor(starts)
         for kind, figures in starts.items():
             ready = figures["ready_ms"]
             say(
                 f"| {LABELS[kind]} | {statistics.median(ready):.0f} | {min(ready):.0f} "
-                f"| {max(ready):.0f} | {statistics.median(figures['idle_rss_mib']):.1f} |"
+                f"| {max(ready):.0f} | {_fmt(shares.get(kind), '.0f')} "
+                f"| {statistics.median(figures['idle_rss_mib']):.1f} |"
             )
+
+
+def over_floor(starts: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+    """Each queueproxy's median start minus the floor's (ms): what its own code adds to the
+    interpreter, asyncio and uvloop. Empty without a floor; HAProxy and Go are not Python."""
+    if not starts.get("floor", {}).get("ready_ms"):
+        return {}
+    floor = statistics.median(starts["floor"]["ready_ms"])
+    return {
+        kind: statistics.median(figures["ready_ms"]) - floor
+        for kind, figures in starts.items()
+        if kind in ("queueproxy", "baseline") and figures["ready_ms"]
+    }
 
 
 def _clean(value: Any) -> Any:
@@ -193,8 +213,14 @@ def to_json(
                 if not result.skipped
             },
         }
+    shares = over_floor(starts)
     start_figures = {
-        kind: {**figures, "ready_ms_median": statistics.median(figures["ready_ms"])}
+        kind: {
+            "label": LABELS[kind],
+            **figures,
+            "ready_ms_median": statistics.median(figures["ready_ms"]),
+            **({"over_floor_ms": shares[kind]} if kind in shares else {}),
+        }
         for kind, figures in starts.items()
     }
     return _clean(

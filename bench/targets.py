@@ -30,6 +30,7 @@ LABELS = {
     "baseline": "queueproxy (baseline)",
     "haproxy": "HAProxy",
     "go": "Knative queue-proxy (Go)",
+    "floor": "floor: asyncio + uvloop TCP relay",
 }
 
 
@@ -154,15 +155,20 @@ def launch_app(port: int, workdir: Path) -> subprocess.Popen:
 
 
 def launch(kind: str, port: int, setup: Setup) -> subprocess.Popen:
-    """Start proxy `kind` ("queueproxy", "baseline", "haproxy" or "go") serving on
+    """Start proxy `kind` ("queueproxy", "baseline", "haproxy", "go" or "floor") serving on
     127.0.0.1:`port`. "baseline" is queueproxy run from `setup.baseline` (its directory comes
     first on sys.path, before this checkout's installed package; the dependencies are this
-    environment's)."""
+    environment's). "floor" is bench/floor.py, a bare asyncio + uvloop TCP relay to the app run
+    by the same interpreter: the start-time reference."""
     if kind in ("queueproxy", "baseline"):
         env = knative_env(setup, port) | queueproxy_overrides()
         cwd = ROOT if kind == "queueproxy" else setup.baseline
         assert cwd is not None
         return _spawn(kind, [sys.executable, "-m", "queueproxy"], env, setup.workdir, cwd)
+    if kind == "floor":
+        script = str(ROOT / "bench" / "floor.py")
+        args = [sys.executable, script, str(port), str(setup.app_port)]
+        return _spawn(kind, args, {}, setup.workdir)
     if kind == "go":
         assert setup.go_binary
         return _spawn(kind, [setup.go_binary], knative_env(setup, port), setup.workdir)

@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     import argparse
@@ -62,8 +62,9 @@ class ConfigError(Exception):
     """A setting is missing or unparsable; the message names it and shows the bad value."""
 
 
-@dataclass(frozen=True)
-class ProbeSpec:
+# The parts inside `Config` are NamedTuples: as immutable and equal by value (`_replace` makes a
+# changed copy), and cheaper to define at every start than frozen dataclasses (~0.4 ms each).
+class ProbeSpec(NamedTuple):
     """One readiness probe of the user container, after the reconciler's rewrite
     (docs/contract.md#probing-the-app)."""
 
@@ -80,8 +81,10 @@ class ProbeSpec:
     failure_threshold: int = 3
 
 
-@dataclass(frozen=True)
-class Observability:
+class Observability(NamedTuple):
+    """Request metrics, request logs, profiling and tracing, from OBSERVABILITY_CONFIG (v1.19+)
+    or the v1.18 variables."""
+
     era: str  # "v1.19" (OBSERVABILITY_CONFIG) or "v1.18" (SERVING_* / TRACING_* variables)
     request_metrics_protocol: str
     enable_request_log: bool
@@ -95,6 +98,9 @@ class Observability:
 
 @dataclass(frozen=True)
 class Config:
+    """Everything the sidecar is configured with, from `load`. Frozen: `dataclasses.replace`
+    makes a changed copy. Ports are TCP ports, durations seconds."""
+
     serving_namespace: str
     serving_service: str
     serving_configuration: str

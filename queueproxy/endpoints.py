@@ -31,6 +31,7 @@ from queueproxy.h1 import (
     skip_empty_lines,
 )
 from queueproxy.http11 import DATE, READ_HEADER_TIMEOUT, simple_response, status_line
+from queueproxy.listen import listen
 
 # Bytes a stream may have waiting for a slow client before it is cut.
 STREAM_BUFFER_LIMIT = 64 * 1024
@@ -310,10 +311,9 @@ async def serve(
     host: str | None,
     port: int,
     read_header_timeout: float = READ_HEADER_TIMEOUT,
-) -> asyncio.Server:
-    return await loop.create_server(
-        lambda: EndpointProtocol(handler, loop, read_header_timeout),
-        host or None,
-        port,
-        reuse_address=True,
+) -> list[asyncio.Server]:
+    """`handler` on `host`:`port` (None or "" = every interface): one server per listening
+    socket (`listen.listen`)."""
+    return await listen(
+        loop, lambda: EndpointProtocol(handler, loop, read_header_timeout), host, port
     )

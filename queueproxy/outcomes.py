@@ -20,7 +20,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable
 
-from queueproxy.gotemplate import format_go_float
+from queueproxy.gofloat import format_go_float
 
 QUEUE_FULL = "queue_full"
 TIMEOUT = "timeout"

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from queueproxy.gotemplate import TemplateError, TemplateExecError, format_go_float, parse
+from queueproxy.gofloat import format_go_float
 
 FALLBACK_LINE = (
     "Invalid request log template: method: {method}, response code: {status}, "
@@ -167,9 +167,14 @@ class RequestLogger:
         if not template.endswith("\n"):
             template += "\n"  # one entry per line, as Knative ensures
         self.template_error: str | None = None
+        # The template engine loads with the first logger: a pod without request logs (the
+        # default) never imports it.
+        from queueproxy import gotemplate
+
+        self._render_error = gotemplate.TemplateExecError
         try:
-            self._template = parse(template)
-        except TemplateError as error:
+            self._template: gotemplate.Template | None = gotemplate.parse(template)
+        except gotemplate.TemplateError as error:
             self._template = None
             self.template_error = str(error)
         self._sink = sink
@@ -222,7 +227,7 @@ class RequestLogger:
             data = _Input(request, _Response(status, size, latency), self._revision, trace)
             try:
                 line = self._template.render(data)
-            except TemplateExecError:
+            except self._render_error:
                 line = None
         if line is None:
             line = FALLBACK_LINE.format(

@@ -25,6 +25,7 @@ from queueproxy.drain import Drainer
 from queueproxy.endpoints import Request, Response, Stream, not_found, serve
 from queueproxy.health import HealthResponder
 from queueproxy.http11 import DATE
+from queueproxy.listen import listen
 from queueproxy.logs import setup_logging
 from queueproxy.observer import RequestObserver
 from queueproxy.outcomes import Outcomes
@@ -193,15 +194,13 @@ class Sidecar:
         config = self.config
         host = config.bind_address or None
         limit = config.read_header_timeout
-        self.servers.append(await serve(self.loop, self.admin, host, config.admin_port, limit))
-        self.servers.append(
-            await serve(self.loop, self.autoscaler_metrics, host, config.metrics_port, limit)
+        self.servers += await serve(self.loop, self.admin, host, config.admin_port, limit)
+        self.servers += await serve(
+            self.loop, self.autoscaler_metrics, host, config.metrics_port, limit
         )
         if self.user_metrics is not None:
-            self.servers.append(
-                await serve(
-                    self.loop, self.user_metrics_endpoint, host, config.user_metrics_port, limit
-                )
+            self.servers += await serve(
+                self.loop, self.user_metrics_endpoint, host, config.user_metrics_port, limit
             )
         if _may_have_certificates(config.certs_dir):
             from queueproxy.tls import tls_enabled  # ssl contexts, hashlib, pathlib: on demand
@@ -210,14 +209,8 @@ class Sidecar:
                 await self._start_tls(host)
         # The serving port opens last: once it answers, so do the admin and metrics ports
         # (what a caller waiting for the serving port, like a test or a local pod, assumes).
-        self.servers.append(
-            await self.loop.create_server(
-                self.data_path.protocol_factory,
-                host,
-                config.queue_serving_port,
-                reuse_address=True,
-                backlog=4096,
-            )
+        self.servers += await listen(
+            self.loop, self.data_path.protocol_factory, host, config.queue_serving_port, 4096
         )
         self._tick(self.loop.time())
 
@@ -230,15 +223,13 @@ class Sidecar:
         self.cert_watcher = CertificateWatcher(
             context, config.certs_dir, config.cert_reload_seconds, self.loop, self.log
         )
-        self.servers.append(
-            await self.loop.create_server(
-                self.data_path.protocol_factory,
-                host,
-                config.queue_serving_tls_port,
-                ssl=context,
-                reuse_address=True,
-                backlog=4096,
-            )
+        self.servers += await listen(
+            self.loop,
+            self.data_path.protocol_factory,
+            host,
+            config.queue_serving_tls_port,
+            4096,
+            ssl=context,
         )
         self.log.info(f"TLS on :{config.queue_serving_tls_port} with {config.certs_dir}")
 

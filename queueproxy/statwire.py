@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from queueproxy.gotemplate import format_go_float
+from queueproxy.gofloat import format_go_float
 from queueproxy.stats import StatsReport
 
 PROTOBUF_CONTENT_TYPE = "application/protobuf"

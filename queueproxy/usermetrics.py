@@ -30,7 +30,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable
 
-from queueproxy.gotemplate import format_go_float
+from queueproxy.gofloat import format_go_float
 from queueproxy.statwire import escape_label_value
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -1,16 +1,26 @@
-"""The benchmark script: its command line, its plan, and the parsers of wrk and strace output.
+"""The benchmark script: its command line, its plan, the parsers of wrk and strace output, the
+start-time report and the floor program it is measured against.
 
 Nothing here runs a load: `bench.py --dry-run` needs neither wrk nor a free CPU."""
 
 from __future__ import annotations
 
+import argparse
+import http.server
 import importlib.util
+import io
 import json
 import subprocess
 import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+from tests.harness import free_port, stop_process, wait_for_port
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 # Loaded by path under its own name: bench/ is a directory of scripts, not a package.
@@ -138,3 +148,81 @@ def test_h2load_report_parser() -> None:
     log = "".join(f"1700000000{i:06d}\t200\t{(101 - i) * 1000}\n" for i in range(1, 101))
     assert h2bench.p99_ms(log) == 100.0
     assert h2bench.p99_ms(log + "1700000000000999\t200\t5000000\n") == 100.0
+
+
+@pytest.fixture(scope="module")
+def report() -> Iterator[ModuleType]:
+    # report.py imports its siblings by their plain names, as bench.py runs it.
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_report"] = module
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+STARTS = {
+    "queueproxy": {"ready_ms": [80.0, 70.0, 90.0], "idle_rss_mib": [24.5, 24.6, 24.7]},
+    "haproxy": {"ready_ms": [40.0, 41.0, 39.0], "idle_rss_mib": [15.0, 15.0, 15.0]},
+    "floor": {"ready_ms": [52.0, 48.0, 50.0], "idle_rss_mib": [20.0, 20.1, 20.2]},
+}
+
+
+def test_start_report_shows_the_floor_and_the_share_over_it(report: ModuleType) -> None:
+    assert report.over_floor(STARTS) == {"queueproxy": 30.0}
+    assert report.over_floor({"queueproxy": STARTS["queueproxy"]}) == {}  # no floor, no share
+    options = argparse.Namespace(
+        starts=3, concurrency=10, user_metrics="prometheus", duration=2.0, rounds=1
+    )
+    meta = {
+        "date": "now",
+        "cpus": 2,
+        "commit": "abc",
+        "loadavg_before": [0.1, 0, 0],
+        "loadavg_after": [0.2, 0, 0],
+    }
+    out = io.StringIO()
+    report.print_report([], STARTS, options, meta, out)
+    rows = {line.split(" | ")[0]: line for line in out.getvalue().splitlines() if line[:2] == "| "}
+    assert rows["| queueproxy"] == "| queueproxy | 80 | 70 | 90 | 30 | 24.6 |"
+    assert rows["| HAProxy"] == "| HAProxy | 40 | 39 | 41 | – | 15.0 |"
+    assert rows["| floor: asyncio + uvloop TCP relay"].endswith("| 50 | 48 | 52 | – | 20.1 |")
+    start = report.to_json([], STARTS, options, meta)["start"]
+    assert start["floor"]["ready_ms_median"] == 50.0 and "over_floor_ms" not in start["floor"]
+    assert start["queueproxy"]["over_floor_ms"] == 30.0
+    assert start["queueproxy"]["ready_ms"] == [80.0, 70.0, 90.0]
+    assert "over_floor_ms" not in start["haproxy"]
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        body = f"hello {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_floor_relays_requests_to_the_app() -> None:
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    port = free_port()
+    floor = subprocess.Popen(
+        [sys.executable, str(BENCH / "floor.py"), str(port), str(app.server_address[1])]
+    )
+    try:
+        wait_for_port(port, proc=floor)
+        for path in ("/", "/second"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                assert (answer.status, answer.read()) == (200, f"hello {path}".encode())
+    finally:
+        stop_process(floor, 5)
+        app.shutdown()
+        app.server_close()

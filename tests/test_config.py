@@ -131,6 +131,11 @@ def test_config_is_frozen_and_uses_tuples() -> None:
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.user_port = 1  # type: ignore[misc]
+    # The parts inside are immutable too.
+    with pytest.raises(AttributeError):
+        config.readiness_probes[0].port = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        config.observability.enable_request_log = True  # type: ignore[misc]
     assert isinstance(config.readiness_probes, tuple)
     assert isinstance(config.tls_cipher_suites, tuple)
 
@@ -634,7 +639,7 @@ LOCAL_DEFAULTS = dataclasses.replace(
     revision_timeout_seconds=300,
     system_namespace="",
     bind_address="127.0.0.1",
-    observability=dataclasses.replace(V119_DEFAULTS, request_metrics_protocol="prometheus"),
+    observability=V119_DEFAULTS._replace(request_metrics_protocol="prometheus"),
     drain_quiet_period=1.0,  # local mode's own: Ctrl-C stops after a second without requests
     live=True,  # the live page: opt-in in a pod, on by default on 127.0.0.1
     local=True,
@@ -706,7 +711,7 @@ def test_local_mode_flags() -> None:
         user_metrics_port=9191,
         drain_quiet_period=1.5,
         readiness_probes=(ProbeSpec("http", "127.0.0.1", 9080, path="/ready"),),
-        observability=dataclasses.replace(V119_DEFAULTS, enable_request_log=True),
+        observability=V119_DEFAULTS._replace(enable_request_log=True),
         serving_logging_level="warn",
         serving_pod="p",
         serving_revision="r",

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import aiohttp
 import grpc
@@ -660,10 +660,10 @@ async def test_auto_detection_probes_an_h2c_only_app_over_h2c() -> None:
     app = H2cApp()
     async with serve_h2c(app) as port:
         spec = http(port, path="/healthz", headers=(("Host", "app.local"), ("X-Probe", "1")))
-        detecting = Prober([replace(spec, **NORMAL)], http2_auto_detection=True)
+        detecting = Prober([spec._replace(**NORMAL)], http2_auto_detection=True)
         assert await detecting.probe() is True
         # Without auto-detection the same app is not ready: it speaks no HTTP/1.1.
-        plain = Prober([replace(spec, **NORMAL)])
+        plain = Prober([spec._replace(**NORMAL)])
         assert await plain.probe() is False
     request = app.requests[0]
     assert (request[":method"], request[":path"], request[":scheme"]) == ("GET", "/healthz", "http")
@@ -714,7 +714,8 @@ def test_the_sidecar_loads_h2_only_for_a_probe_that_needs_it() -> None:
     code = (
         "import sys\n"
         "import queueproxy.server, queueproxy.readiness, queueproxy.main\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('h2', 'hpack', 'grpc')))\n"
+        "lazy = ('h2', 'hpack', 'grpc', 'queueproxy.h2probe', 'queueproxy.grpcwire')\n"
+        "print(sorted(m for m in sys.modules if m in lazy or m.split('.')[0] in lazy))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -241,3 +243,18 @@ def test_line_writer_drops_lines_after_close() -> None:
     assert writer.dropped_lines == 1
     os.close(write_fd)
     os.close(read_fd)
+
+
+def test_the_template_engine_loads_only_with_a_request_logger() -> None:
+    # Request logs are off by default: a pod that never builds a logger never pays the import.
+    code = (
+        "import sys\n"
+        "import queueproxy.server, queueproxy.main\n"
+        "print('queueproxy.gotemplate' in sys.modules)\n"
+        "from queueproxy.requestlog import RequestLogger\n"
+        "RequestLogger('{{.Request.Method}}', sink=print)\n"
+        "print('queueproxy.gotemplate' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
