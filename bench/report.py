@@ -93,6 +93,8 @@ def print_report(
         f"CC={options.concurrency}, request metrics {options.user_metrics}; wrk -t1 "
         f"-d{options.duration:g}s; medians of {options.rounds} alternating rounds; req/s = 2xx/s"
     )
+    if meta.get("python_executable"):
+        say(f"queueproxy on Python {meta['python']} ({meta['python_executable']})")
     if meta.get("baseline"):
         say(f"baseline: queueproxy from {meta['baseline']} (commit {meta.get('baseline_commit')})")
     for result in results:
