@@ -542,3 +542,32 @@ async def test_empty_lines_before_a_request_line_are_ignored_however_split(piece
     assert b" 400 " not in reply, reply
     assert reply.count(b"HTTP/1.1 200") == b"".join(pieces).count(b"GET "), reply
     assert b"/echo?b" in reply
+
+
+async def test_a_response_in_one_byte_reads_on_a_reused_connection_is_served_not_retried():
+    """A response on a pooled connection may come a byte a read (its first read 1-4 bytes of
+    `HTTP/`): it is parsed across the reads and served, and the connection stays pooled."""
+    connections: list[int] = []
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                for index in range(len(response)):
+                    writer.write(response[index : index + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0.002)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    app_port = server.sockets[0].getsockname()[1]
+    sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+    with running(sidecar):
+        async with aiohttp.ClientSession() as client:
+            for _ in range(3):
+                async with client.get(f"{sidecar.url}/") as reply:
+                    assert reply.status == 200
+                    assert await reply.text() == "hello\n"
+    server.close()
+    assert len(connections) == 1  # every request after the first went on the pooled one
