@@ -571,3 +571,15 @@ async def test_a_response_in_one_byte_reads_on_a_reused_connection_is_served_not
                     assert await reply.text() == "hello\n"
     server.close()
     assert len(connections) == 1  # every request after the first went on the pooled one
+
+
+@pytest.mark.parametrize("port_name", ["QUEUEPROXY_METRICS_PORT", "QUEUEPROXY_ADMIN_PORT"])
+async def test_the_sidecars_own_ports_ignore_an_empty_line_split_across_reads(port_name):
+    async with stack() as (sidecar, _):
+        pieces = [
+            b"\r",
+            b"\n\r",
+            b"\nGET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ]
+        reply = await asyncio.to_thread(_send_in_reads, sidecar.port_of(port_name), pieces)
+    assert reply.startswith(b"HTTP/1.1 ") and b" 400 " not in reply.split(b"\r\n")[0], reply
