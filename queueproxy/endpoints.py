@@ -164,6 +164,11 @@ class EndpointProtocol(asyncio.Protocol):
         try:
             while self.transport is not None and not self.busy and not self.writing_paused:
                 start = skip_empty_lines(buffer, pos)
+                if start == len(buffer) - 1 and buffer[start] == 13:
+                    # A CR last may be an empty line whose LF is in the next read (RFC 9112
+                    # §2.2): wait for it, before the head finder refuses a lone CR.
+                    pos = start
+                    break
                 if start >= len(buffer):
                     pos = start
                     break

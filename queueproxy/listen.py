@@ -73,12 +73,18 @@ async def listen(
 ) -> list[asyncio.Server]:
     """Serve `factory`'s protocols on `host`:`port` (over TLS with `ssl`): one server per socket
     `bind` makes, or the loop's own `create_server` for a host name. `backlog` as in
-    `socket.listen` (100 is asyncio's default)."""
+    `socket.listen` (100 is asyncio's default). Raises OSError naming the address and port
+    when it cannot be resolved or bound."""
     sockets = bind(host, port, backlog)
     if sockets is None:
-        server = await loop.create_server(
-            factory, host, port, reuse_address=True, backlog=backlog, ssl=ssl
-        )
+        try:
+            server = await loop.create_server(
+                factory, host, port, reuse_address=True, backlog=backlog, ssl=ssl
+            )
+        except socket.gaierror as error:
+            # The resolver's own words name neither the address nor the port.
+            reason = f"cannot resolve listen address {host!r} for port {port}: {error.strerror}"
+            raise OSError(error.errno, reason) from None
         return [server]
     servers: list[asyncio.Server] = []
     try:

@@ -128,8 +128,9 @@ class RequestObserver:
         disabled, default, undefined = self.route_tags
         tag = fields.get(b"knative-serving-tag")
         default_route = fields.get(b"knative-serving-default-route")
-        if tag is None:
-            return disabled if default_route is None else default
+        # Go's `Header.Get` gives "" for an absent field: an empty value is no value.
+        if not tag:
+            return default if default_route else disabled
         if default_route == b"true":
             return undefined
         return tag.decode("latin-1")

@@ -332,6 +332,11 @@ class ClientConnection(ResponseSide, Alarm, asyncio.Protocol):
         start = skip_empty_lines(data, pos) if data[pos] == 13 else pos
         if start >= len(data):
             return start
+        if start == len(data) - 1 and data[start] == 13:
+            # A CR last may be an empty line whose LF is in the next read: wait for it, before
+            # the head finder refuses a lone CR as a request line.
+            self._keep(data, start)
+            return -1
         if not self.header_deadline:
             # Later heads on a kept-alive connection: the minute counts from their first byte.
             self.header_deadline = self.loop.time() + self.path.read_header_timeout

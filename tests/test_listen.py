@@ -154,3 +154,13 @@ def test_binding_an_address_loads_no_idna_codec_nor_resolver_threads() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "1"]
+
+
+@pytest.mark.parametrize("host", ["[::1]", "garbage!!"])
+async def test_a_name_that_does_not_resolve_is_an_error_naming_it_and_the_port(host: str) -> None:
+    # Before, the loop's bare gaierror reached the operator: "cannot start: [Errno -2] Name or
+    # service not known", with no word of which address or port.
+    port = free_port()
+    with pytest.raises(OSError) as raised:
+        await listen(asyncio.get_running_loop(), _Echo, host, port)
+    assert repr(host) in str(raised.value) and str(port) in str(raised.value)

@@ -178,3 +178,26 @@ def test_noted_fields_count_by_their_first_value() -> None:
     note_field(proxied, b"k-proxy-request", b"activator")
     note_field(proxied, b"k-proxy-request", b"other")
     assert proxied.proxied is True
+
+
+def test_an_empty_routing_field_counts_as_absent_for_the_route_tag() -> None:
+    # `GetRouteTagNameFromRequest` compares `Header.Get` with "": an empty field is no field,
+    # and the first value is the one read.
+    observer, clock, metrics, _ = make_observer()
+    cases = [
+        [(b"Knative-Serving-Tag", b"")],
+        [(b"Knative-Serving-Default-Route", b"")],
+        [(b"Knative-Serving-Tag", b""), (b"Knative-Serving-Default-Route", b"true")],
+        [(b"Knative-Serving-Tag", b"blue"), (b"Knative-Serving-Default-Route", b"")],
+        [(b"Knative-Serving-Tag", b""), (b"Knative-Serving-Tag", b"green")],
+    ]
+    for headers in cases:
+        ex = exchange(clock.now, headers=headers, status=200)
+        observer.request_started(ex)
+        observer.request_finished(ex)
+    samples = families(metrics)["revision_request_count"].samples
+    assert {s.labels["route_tag"]: s.value for s in samples} == {
+        "DISABLED": 3,
+        "DEFAULT": 1,
+        "blue": 1,
+    }

@@ -505,3 +505,81 @@ async def test_app_resetting_the_connection_is_a_502_and_the_proxy_serves_on():
                 async with client.get(f"{sidecar.url}/") as response:
                     assert await response.text() == "Hello World!\n"
     assert text in ("EOF\n", f"read tcp 127.0.0.1:{app.port}: read: connection reset by peer\n")
+
+
+def _send_in_reads(port: int, pieces: list[bytes]) -> bytes:
+    """Send each piece as its own write (a pause between, so each is its own read at the
+    sidecar), then read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), 5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.03)
+        chunks = []
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"\r", b"\nGET /echo?b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"],
+        [b"\r\n\r", b"\n\r", b"\nGET /echo?b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"],
+        [
+            b"GET /echo?a HTTP/1.1\r\nHost: x\r\n\r\n\r",
+            b"\nGET /echo?b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ],
+    ],
+    ids=["cr-then-lf", "every-line-split", "pipelined-split"],
+)
+async def test_empty_lines_before_a_request_line_are_ignored_however_split(pieces):
+    # RFC 9112 §2.2: a server SHOULD ignore empty lines before a request line; where the
+    # client's writes (or TCP segments) split a CRLF must not turn it into a 400.
+    async with stack() as (sidecar, _):
+        reply = await asyncio.to_thread(_send_in_reads, sidecar.port, pieces)
+    assert b" 400 " not in reply, reply
+    assert reply.count(b"HTTP/1.1 200") == b"".join(pieces).count(b"GET "), reply
+    assert b"/echo?b" in reply
+
+
+async def test_a_response_in_one_byte_reads_on_a_reused_connection_is_served_not_retried():
+    """A response on a pooled connection may come a byte a read (its first read 1-4 bytes of
+    `HTTP/`): it is parsed across the reads and served, and the connection stays pooled."""
+    connections: list[int] = []
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                for index in range(len(response)):
+                    writer.write(response[index : index + 1])
+                    await writer.drain()
+                    await asyncio.sleep(0.002)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    app_port = server.sockets[0].getsockname()[1]
+    sidecar = await asyncio.to_thread(start_sidecar, knative_env(app_port, free_port()))
+    with running(sidecar):
+        async with aiohttp.ClientSession() as client:
+            for _ in range(3):
+                async with client.get(f"{sidecar.url}/") as reply:
+                    assert reply.status == 200
+                    assert await reply.text() == "hello\n"
+    server.close()
+    assert len(connections) == 1  # every request after the first went on the pooled one
+
+
+@pytest.mark.parametrize("port_name", ["QUEUEPROXY_METRICS_PORT", "QUEUEPROXY_ADMIN_PORT"])
+async def test_the_sidecars_own_ports_ignore_an_empty_line_split_across_reads(port_name):
+    async with stack() as (sidecar, _):
+        pieces = [
+            b"\r",
+            b"\n\r",
+            b"\nGET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ]
+        reply = await asyncio.to_thread(_send_in_reads, sidecar.port_of(port_name), pieces)
+    assert reply.startswith(b"HTTP/1.1 ") and b" 400 " not in reply.split(b"\r\n")[0], reply
