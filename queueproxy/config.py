@@ -223,6 +223,36 @@ def parse_port(text: str) -> int:
     return int(text)
 
 
+# A DNS name: RFC 1123 §2.1 labels, dot-separated, an optional final dot.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _is_address(text: str) -> bool:
+    """An IPv4 or IPv6 address literal, IPv6 with an optional zone (`fe80::1%eth0`)."""
+    import socket  # asyncio loads it anyway; here only when a bind address is set
+
+    address, percent, zone = text.partition("%")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        if percent and (family == socket.AF_INET or not zone):
+            continue
+        try:
+            socket.inet_pton(family, address)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+def parse_listen_address(text: str) -> str:
+    """Where the sidecar listens: "" (every interface), an IPv4 or IPv6 address (no brackets)
+    or a host name. Only the syntax is checked here; an address the machine does not have fails
+    when it is bound, naming it."""
+    if text and not (_is_address(text) or (len(text) <= 253 and _HOST_NAME.fullmatch(text))):
+        hint = " (an IPv6 address goes without brackets)" if text.startswith("[") else ""
+        raise ValueError(f"invalid listen address {_q(text)}{hint}")
+    return text
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower() or "info"
     level = "warn" if level == "warning" else level
@@ -458,7 +488,7 @@ TLS_VARIABLES: tuple[tuple[str, str, Parser, Any], ...] = (
 
 # Ours, in both modes: (field, variable, parser, default). Local mode binds 127.0.0.1 by default.
 OUR_VARIABLES: tuple[tuple[str, str, Parser, Any], ...] = (
-    ("bind_address", "QUEUEPROXY_BIND_ADDRESS", str, ""),
+    ("bind_address", "QUEUEPROXY_BIND_ADDRESS", parse_listen_address, ""),
     ("admin_port", "QUEUEPROXY_ADMIN_PORT", parse_port, 8022),
     ("metrics_port", "QUEUEPROXY_METRICS_PORT", parse_port, 9090),
     ("user_metrics_port", "QUEUEPROXY_USER_METRICS_PORT", parse_port, 9091),
@@ -612,7 +642,7 @@ LOCAL_FLAGS: tuple[tuple[str, str, Parser, Any, str], ...] = (
      "seconds until the first response byte, 0 = off"),
     ("--idle-timeout", "REVISION_IDLE_TIMEOUT_SECONDS", parse_count, 0,
      "seconds without response bytes, 0 = off"),
-    ("--bind", "QUEUEPROXY_BIND_ADDRESS", str, None,
+    ("--bind", "QUEUEPROXY_BIND_ADDRESS", parse_listen_address, None,
      'listen address, "" = all interfaces (default: $QUEUEPROXY_BIND_ADDRESS or 127.0.0.1)'),
     ("--admin-port", "QUEUEPROXY_ADMIN_PORT", parse_port, None,
      "port for health checks and drain (default: $QUEUEPROXY_ADMIN_PORT or 8022)"),

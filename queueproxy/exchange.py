@@ -182,6 +182,28 @@ def note_field(exchange: Exchange | Stream, lname: bytes, value: bytes) -> None:
             exchange.proxied = value == b"activator"
 
 
+# What Knative's Forwarded shim reads, each by its first value (Go's `Header.Get`).
+FORWARDING_FIELDS = frozenset(
+    {b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
+
+
+def forwarded_shim(first: dict[bytes, bytes]) -> bytes | None:
+    """Knative's Forwarded shim (`pkg/queue/forwarded_shim.go`): the `Forwarded` value that
+    replaces the client's, or None to leave the request as it came. `first` maps each
+    FORWARDING_FIELDS field the request has (lower-case name) to its first value, as
+    `Header.Get` reads it: an empty first value counts as none, so an empty `Forwarded` is
+    replaced when X-Forwarded-* fields came, and later lines of a repeated field are not read."""
+    if first.get(b"forwarded"):
+        return None
+    xff = first.get(b"x-forwarded-for", b"")
+    xfp = first.get(b"x-forwarded-proto", b"")
+    xfh = first.get(b"x-forwarded-host", b"")
+    if not (xff or xfp or xfh):
+        return None
+    return forwarded_value([xff] if xff else [], xfp, xfh)
+
+
 def forwarded_value(xff: list[bytes], xfp: bytes, xfh: bytes) -> bytes:
     """Knative's Forwarded shim (`pkg/http/forwarded_shim.go`): RFC 7239 `Forwarded` from the
     X-Forwarded-* headers."""

@@ -384,7 +384,8 @@ def parse_request_head(head: bytes) -> RequestHead:
                 connection = []
             connection.append(value)
         elif lname == b"upgrade":
-            upgrade = value
+            # Repeated lines of a list field are one list (RFC 9110 §5.3); Go reads the first.
+            upgrade = upgrade + b", " + value if upgrade else value
 
     request.headers = tuple(headers)  # parse results are shared (HeadMemo): immutable
     if hosts > 1 or (hosts == 0 and version == b"1.1"):

@@ -10,11 +10,12 @@ app (from `h1`'s one framing decision, never the client's fields as sent), and w
 from __future__ import annotations
 
 from queueproxy.exchange import (
+    FORWARDING_FIELDS,
     IDEMPOTENCY_KEYS,
     NOTED_FIELDS,
     STRIPPED_REQUEST_FIELDS,
     Exchange,
-    forwarded_value,
+    forwarded_shim,
     note_field,
 )
 from queueproxy.h1 import CHUNKED, LENGTH, PROTECTED_FIELDS, ProtocolError, RequestHead, valid_host
@@ -36,9 +37,9 @@ def upstream_head(
     Raises `ProtocolError` (400) for a K-Original-Host that is not a valid Host value.
     """
     original_host = b""
-    xff: list[bytes] = []
-    xfp = xfh = b""
-    forwarded = False
+    first: dict[bytes, bytes] = {}  # FORWARDING_FIELDS by first value, for the shim
+    prior_xff: list[bytes] = []  # the X-Forwarded-For lines the app gets, before ours
+    client_forwarded: list[bytes] = []
     sent_length = False  # `Content-Length: 0` is kept: some apps want it on a POST
     te_trailers = False
     # Fields named in Connection are hop-by-hop, except those that frame or route the
@@ -61,28 +62,38 @@ def upstream_head(
         # Noted before the Connection-named fields go: `Connection` cannot hide a probe.
         if lname in NOTED_FIELDS:
             note_field(exchange, lname, value)
+        elif lname in FORWARDING_FIELDS:
+            # The shim reads these before Go's proxy drops the fields `Connection` names.
+            if lname not in first:
+                first[lname] = value
+            if named is not None and lname in named:
+                continue
+            if lname == b"x-forwarded-for":
+                prior_xff.append(value)
+                continue
+            line = name + b": " + value + b"\r\n"
+            if lname == b"forwarded":
+                client_forwarded.append(line)
+            append(line)
+            continue
         if named is not None and lname in named:
             continue
-        if lname == b"x-forwarded-for":
-            xff.append(value)
-            continue
-        elif lname == b"x-forwarded-proto":
-            xfp = value
-        elif lname == b"x-forwarded-host":
-            xfh = value
-        elif lname == b"forwarded":
-            forwarded = True
-        elif lname in IDEMPOTENCY_KEYS:
+        if lname in IDEMPOTENCY_KEYS:
             exchange.retryable = True
         append(name + b": " + value + b"\r\n")
     if original_host and not valid_host(original_host):
         # It becomes the Host the app sees: the same syntax as Host (RFC 9110 §7.2).
         raise ProtocolError(400, "Bad Request: invalid K-Original-Host header")
     host = original_host or request.host or default_host
-    if not forwarded and (xff or xfp or xfh):
-        append(b"Forwarded: " + forwarded_value(xff, xfp, xfh) + b"\r\n")
-    xff.append(client_ip)
-    append(b"X-Forwarded-For: " + b", ".join(xff) + b"\r\n")
+    shim = forwarded_shim(first) if first else None
+    # The shim sets Forwarded on the request; Go's proxy then drops it too when `Connection`
+    # names it.
+    if shim is not None and (named is None or b"forwarded" not in named):
+        for line in client_forwarded:  # an empty first value: the shim's replaces them
+            kept.remove(line)
+        append(b"Forwarded: " + shim + b"\r\n")
+    prior_xff.append(client_ip)
+    append(b"X-Forwarded-For: " + b", ".join(prior_xff) + b"\r\n")
     if te_trailers:
         append(b"Te: trailers\r\n")
     if request.upgrade:

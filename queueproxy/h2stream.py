@@ -20,11 +20,11 @@ from h2.exceptions import InvalidBodyLengthError, ProtocolError, StreamClosedErr
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from queueproxy.exchange import (
-    IDEMPOTENCY_KEYS,
+    FORWARDING_FIELDS,
     NOTED_FIELDS,
     STRIPPED_REQUEST_FIELDS,
     WAITING,
-    forwarded_value,
+    forwarded_shim,
     note_field,
 )
 from queueproxy.h1 import valid_host
@@ -299,9 +299,9 @@ def classify(
     """Knative's request rules (`pkg/http/header.go`, the Forwarded shim, Go's
     `httputil.ReverseProxy`) on HTTP/2 fields; builds what goes to the app."""
     original_host = b""
-    xff: list[bytes] = []
-    xfp = xfh = b""
-    forwarded = False
+    first: dict[bytes, bytes] = {}  # FORWARDING_FIELDS by first value, for the shim
+    prior_xff: list[bytes] = []  # the X-Forwarded-For values the app gets, before ours
+    client_forwarded: list[tuple[bytes, bytes]] = []
     te_trailers = False
     host = b""
     regular: Headers = []
@@ -320,29 +320,29 @@ def classify(
             continue
         if name in NOTED_FIELDS:
             note_field(stream, name, value)
-        elif name == b"x-forwarded-for":
-            xff.append(value)
-            continue
-        elif name == b"x-forwarded-proto":
-            xfp = value
-        elif name == b"x-forwarded-host":
-            xfh = value
-        elif name == b"forwarded":
-            forwarded = True
+        elif name in FORWARDING_FIELDS:
+            if name not in first:
+                first[name] = value
+            if name == b"x-forwarded-for":
+                prior_xff.append(value)
+                continue
+            if name == b"forwarded":
+                client_forwarded.append((name, value))
         elif name == b"content-length":
             if value.isdigit():
                 stream.request_length = int(value)
-        elif name in IDEMPOTENCY_KEYS:
-            pass
         out.append((name, value))
     stream.headers = regular
     if original_host and not valid_host(original_host):
         raise ValueError("Bad Request: invalid K-Original-Host header")
     authority = original_host or authority or host or default_host
-    if not forwarded and (xff or xfp or xfh):
-        out.append((b"forwarded", forwarded_value(xff, xfp, xfh)))
-    xff.append(client_ip)
-    out.append((b"x-forwarded-for", b", ".join(xff)))
+    shim = forwarded_shim(first) if first else None
+    if shim is not None:
+        for pair in client_forwarded:  # an empty first value: the shim's replaces them
+            out.remove(pair)
+        out.append((b"forwarded", shim))
+    prior_xff.append(client_ip)
+    out.append((b"x-forwarded-for", b", ".join(prior_xff)))
     if te_trailers:
         out.append((b"te", b"trailers"))
     stream.up_headers = [

@@ -276,6 +276,13 @@ def test_integers_parse_like_go_strconv_base_0(text: str, value: int) -> None:
         ("QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS", "-1", ">= 0"),
         ("QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS", "soon", "invalid number"),
         ("QUEUEPROXY_DRAIN_QUIET_PERIOD_SECONDS", "inf", ">= 0"),
+        ("QUEUEPROXY_BIND_ADDRESS", "[::1]", "without brackets"),
+        ("QUEUEPROXY_BIND_ADDRESS", "127.0.0.1:8012", "invalid listen address"),
+        ("QUEUEPROXY_BIND_ADDRESS", "garbage!!", "invalid listen address"),
+        ("QUEUEPROXY_BIND_ADDRESS", " 127.0.0.1", "invalid listen address"),
+        ("QUEUEPROXY_BIND_ADDRESS", "fe80::1%", "invalid listen address"),
+        ("QUEUEPROXY_BIND_ADDRESS", "-host", "invalid listen address"),
+        ("QUEUEPROXY_BIND_ADDRESS", "a" * 64 + ".example", "invalid listen address"),
     ],
 )
 def test_bad_values_name_the_variable_and_show_the_value(name: str, bad: str, reason: str) -> None:
@@ -283,6 +290,13 @@ def test_bad_values_name_the_variable_and_show_the_value(name: str, bad: str, re
     assert message.startswith(f"{name}:")
     assert json.dumps(bad) in message
     assert reason in message
+
+
+@pytest.mark.parametrize(
+    "address", ["", "127.0.0.1", "0.0.0.0", "::", "::1", "fe80::1%lo", "localhost", "pod.local."]
+)
+def test_listen_addresses_that_parse(address: str) -> None:
+    assert knative(QUEUEPROXY_BIND_ADDRESS=address).bind_address == address
 
 
 def test_message_example_from_the_brief() -> None:

@@ -149,3 +149,89 @@ def test_every_rendered_line_is_one_field_line(pairs: list[tuple[bytes, bytes]])
     for name, value in fields(lines):
         assert b"\r" not in value and b"\n" not in value
         assert name.lower() not in (b"connection", b"keep-alive", b"k-original-host")
+
+
+# -- Knative's Forwarded shim reads each X-Forwarded-* field by its first value ----------------
+
+
+def test_shim_reads_first_values_and_x_forwarded_for_keeps_every_line() -> None:
+    _, lines = build(
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2\r\n"
+        b"X-Forwarded-For: 3.3.3.3\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: first.example\r\nX-Forwarded-Host: second.example\r\n\r\n"
+    )
+    got = dict(fields(lines))
+    # `Header.Get` in the shim: the first line of each; Go's proxy joins every prior line.
+    assert got[b"Forwarded"] == b"for=1.1.1.1;host=first.example;proto=https, for=2.2.2.2"
+    assert got[b"X-Forwarded-For"] == b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7"
+
+
+def test_an_empty_first_forwarded_is_replaced_by_the_shim() -> None:
+    _, lines = build(
+        b"GET / HTTP/1.1\r\nHost: h\r\nForwarded: \r\nForwarded: for=9.9.9.9\r\n"
+        b"X-Forwarded-Proto: https\r\n\r\n"
+    )
+    assert [v for n, v in fields(lines) if n.lower() == b"forwarded"] == [b"proto=https"]
+
+
+def test_an_empty_first_forwarded_without_x_forwarded_fields_is_left_alone() -> None:
+    _, lines = build(b"GET / HTTP/1.1\r\nHost: h\r\nForwarded: \r\nForwarded: for=9.9.9.9\r\n\r\n")
+    assert [v for n, v in fields(lines) if n.lower() == b"forwarded"] == [b"", b"for=9.9.9.9"]
+
+
+def test_connection_named_x_forwarded_for_still_feeds_the_shim() -> None:
+    """The shim runs before Go's proxy drops what Connection names: Forwarded is built from the
+    field, which the app then does not get (only our X-Forwarded-For)."""
+    _, lines = build(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Forwarded-For\r\n"
+        b"X-Forwarded-For: 1.2.3.4\r\n\r\n"
+    )
+    got = fields(lines)
+    assert (b"Forwarded", b"for=1.2.3.4") in got
+    assert [v for n, v in got if n == b"X-Forwarded-For"] == [b"10.0.0.7"]
+
+
+@pytest.mark.parametrize("client_forwarded", [b"", b"Forwarded: for=9.9.9.9\r\n"])
+def test_connection_named_forwarded_reaches_the_app_from_nobody(client_forwarded: bytes) -> None:
+    _, lines = build(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Forwarded\r\n"
+        + client_forwarded
+        + b"X-Forwarded-Proto: https\r\n\r\n"
+    )
+    assert all(n.lower() != b"forwarded" for n, _ in fields(lines))
+    assert (b"X-Forwarded-Proto", b"https") in fields(lines)
+
+
+def test_repeated_upgrade_lines_are_one_list() -> None:
+    """RFC 9110 §5.3 (Go's proxy would offer only the first line)."""
+    exchange, lines = build(
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Upgrade: websocket\r\nUpgrade: foo/2\r\n\r\n"
+    )
+    assert exchange.upgrade == b"websocket, foo/2"
+    assert (b"Upgrade", b"websocket, foo/2") in fields(lines)
+
+
+def test_http2_requests_get_the_same_forwarded_rules() -> None:
+    """`h2stream.classify` applies the shim the same way to HTTP/2 fields."""
+    from queueproxy.h2stream import Stream, classify
+
+    stream = Stream(None, 1, b"GET", b"/")  # type: ignore[arg-type]  # the connection is unused
+    classify(
+        stream,
+        [
+            (b":method", b"GET"),
+            (b"forwarded", b""),
+            (b"x-forwarded-for", b"1.1.1.1"),
+            (b"x-forwarded-for", b"3.3.3.3"),
+            (b"x-forwarded-proto", b"https"),
+            (b"x-forwarded-proto", b"http"),
+        ],
+        b"example.com",
+        b"10.0.0.7",
+        APP,
+    )
+    sent = [(n, v) for n, v in stream.up_headers if n[:1] != b":"]
+    assert [v for n, v in sent if n == b"forwarded"] == [b"for=1.1.1.1;proto=https"]
+    assert [v for n, v in sent if n == b"x-forwarded-for"] == [b"1.1.1.1, 3.3.3.3, 10.0.0.7"]
+    assert [v for n, v in sent if n == b"x-forwarded-proto"] == [b"https", b"http"]
