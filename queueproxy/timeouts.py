@@ -59,22 +59,29 @@ class Expired(NamedTuple):
 class RequestTimer:
     """Deadlines of one request. Reusable: `start` again for the connection's next request."""
 
-    __slots__ = ("rules", "started_at", "last_write", "active")
+    __slots__ = ("rules", "started_at", "last_write", "active", "total_only")
 
     def __init__(self, rules: TimeoutRules) -> None:
         self.rules = rules
         self.started_at = 0.0
         self.last_write: float | None = None  # None until the first response byte
         self.active = False
+        # Knative's default, only the total timeout: its seconds, read per request from a slot
+        # (a NamedTuple field costs a generic attribute look-up each time). None otherwise.
+        self.total_only = (
+            rules.total
+            if rules.total > 0 and rules.response_start <= 0 and rules.idle <= 0
+            else None
+        )
 
     def start(self, now: float) -> float | None:
         """Start timing a request at `now`; returns `next_deadline()`."""
         self.started_at = now
         self.last_write = None
         self.active = True
-        rules = self.rules
-        if rules.response_start <= 0 and rules.idle <= 0:  # next_deadline's usual case, inlined
-            return now + rules.total if rules.total > 0 else None
+        total = self.total_only
+        if total is not None:  # next_deadline's usual case, inlined
+            return now + total
         return self.next_deadline()
 
     def wrote(self, now: float) -> None:
