@@ -13,11 +13,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, StreamReset
-from h2.exceptions import InvalidBodyLengthError, ProtocolError, StreamClosedError
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
+from h2.exceptions import InvalidBodyLengthError, ProtocolError
+from hyperframe.frame import Frame, HeadersFrame
 
 from queueproxy.exchange import (
     FORWARDING_FIELDS,
@@ -28,8 +25,13 @@ from queueproxy.exchange import (
     note_field,
 )
 from queueproxy.h1 import valid_host
-from queueproxy.h2limits import MAX_CLOSED_STREAMS, MAX_CONCURRENT_STREAMS
-from queueproxy.h2upstream import _CONNECTION_SPECIFIC, _NAME_BYTES, bad_value, eager_frame_buffer
+from queueproxy.h2limits import MAX_CONCURRENT_STREAMS
+from queueproxy.h2upstream import (
+    _CONNECTION_SPECIFIC,
+    _NAME_BYTES,
+    SidecarConnection,
+    bad_value,
+)
 from queueproxy.http11 import HOP_BY_HOP
 from queueproxy.timeouts import RequestTimer
 
@@ -54,7 +56,7 @@ for _name in ("hpack.hpack", "hpack.table"):
     logging.getLogger(_name).debug = _no_log  # type: ignore[method-assign]
 
 
-class StrictServer(H2Connection):
+class StrictServer(SidecarConnection):
     """h2's connection with malformed requests as stream errors.
 
     h2 raises a connection error for a request with bad header fields or a body that disagrees
@@ -62,12 +64,6 @@ class StrictServer(H2Connection):
     lets the connection's other requests carry on. HPACK failures stay connection errors: the
     header table can no longer be trusted.
     """
-
-    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
-
-    def __init__(self, config: H2Configuration) -> None:
-        super().__init__(config=config)
-        eager_frame_buffer(self)  # an oversized frame is refused at its header
 
     @property
     def open_inbound_streams(self) -> int:
@@ -88,32 +84,7 @@ class StrictServer(H2Connection):
                 if known or sid not in self.streams or type(error) not in _STREAM_ERRORS:
                     raise
                 return self._stream_error(sid)
-        if type(frame) is DataFrame:
-            try:
-                return super()._receive_frame(frame)
-            except InvalidBodyLengthError:
-                self.acknowledge_received_data(frame.flow_controlled_length, sid)
-                return self._stream_error(sid)
         return super()._receive_frame(frame)
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Any]]:
-        # A client's GOAWAY concerns streams we would start (RFC 9113 §6.8); its own requests
-        # in flight still get their answers, as from Go's server. h2 would refuse every frame
-        # after it, ours included.
-        event = ConnectionTerminated()
-        event.error_code = frame.error_code
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
-
-    def _stream_error(self, sid: int) -> list[Any]:
-        try:
-            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
-        except (ProtocolError, StreamClosedError):
-            pass
-        return [
-            StreamReset(stream_id=sid, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
-        ]
 
 
 _STREAM_ERRORS = (ProtocolError, InvalidBodyLengthError)

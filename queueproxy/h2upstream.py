@@ -94,14 +94,54 @@ class CappedEncoder(Encoder):
         Encoder.header_table_size.fset(self, min(value, MAX_ENCODER_TABLE))  # type: ignore[attr-defined]
 
 
-def eager_frame_buffer(connection: H2Connection) -> None:
-    """Give `connection` an `EagerFrameBuffer` and a `CappedEncoder` (called from its
-    `__init__`)."""
-    connection.incoming_buffer.__class__ = EagerFrameBuffer
-    connection.encoder.__class__ = CappedEncoder
+class SidecarConnection(H2Connection):
+    """h2's connection as both sides of the sidecar use it (`_Client` to the app,
+    `h2stream.StrictServer` to clients).
+
+    Bounded: a frame is refused at its 9-byte header (`EagerFrameBuffer`), the encoder's table is
+    capped (`CappedEncoder`), and closed streams are remembered up to MAX_CLOSED_STREAMS. A
+    peer's GOAWAY concerns streams we would start (RFC 9113 §6.8): the streams in flight still
+    finish, as with Go on either side, where h2 would refuse every frame after it. A request or
+    response body that disagrees with its content-length is malformed (RFC 9113 §8.1.1): a
+    stream error (`_stream_error`), not h2's connection error, so the connection's other streams
+    carry on.
+    """
+
+    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        self.incoming_buffer.__class__ = EagerFrameBuffer
+        self.encoder.__class__ = CappedEncoder
+
+    def _receive_frame(self, frame: Frame) -> list[Any]:
+        if type(frame) is DataFrame:
+            try:
+                return super()._receive_frame(frame)
+            except InvalidBodyLengthError:
+                self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
+                return self._stream_error(frame.stream_id)
+        return super()._receive_frame(frame)
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Any]]:
+        event = ConnectionTerminated()
+        event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+    def _stream_error(self, sid: int) -> list[Any]:
+        """Reset stream `sid` with PROTOCOL_ERROR and report it as h2 reports a reset."""
+        try:
+            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+        except ProtocolError:  # the stream is already closed (StreamClosedError is one)
+            pass
+        return [
+            StreamReset(stream_id=sid, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
+        ]
 
 
-class _Client(H2Connection):
+class _Client(SidecarConnection):
     """h2's client connection with two changes that keep one stream's trouble on that stream.
 
     The connection to the app carries the streams of many clients, so a connection error ends
@@ -119,21 +159,8 @@ class _Client(H2Connection):
     frame. `H2Upstream` opens no stream on the connection once it has seen one.
     """
 
-    MAX_CLOSED_STREAMS = MAX_CLOSED_STREAMS
-
-    def __init__(self, config: H2Configuration) -> None:
-        super().__init__(config=config)
-        eager_frame_buffer(self)
-
     def _receive_frame(self, frame: Frame) -> list[Any]:
-        kind = type(frame)
-        if kind is DataFrame:
-            try:
-                return super()._receive_frame(frame)
-            except InvalidBodyLengthError:
-                self.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
-                return self._stream_error(frame.stream_id)
-        if kind is HeadersFrame:
+        if type(frame) is HeadersFrame:
             known = frame.stream_id in self.streams
             try:
                 return super()._receive_frame(frame)
@@ -147,22 +174,6 @@ class _Client(H2Connection):
                     raise
                 return self._stream_error(frame.stream_id)
         return super()._receive_frame(frame)
-
-    def _stream_error(self, sid: int) -> list[Any]:
-        try:
-            self.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
-        except ProtocolError:
-            pass
-        return [
-            StreamReset(stream_id=sid, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
-        ]
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Any]]:
-        event = ConnectionTerminated()
-        event.error_code = frame.error_code
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
 
 
 def _config() -> H2Configuration:
