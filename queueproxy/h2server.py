@@ -43,8 +43,7 @@ from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
-from queueproxy.breaker import Admission
-from queueproxy.exchange import ACTIVE, CONNECTING, DONE, QUEUE_FULL_BODY, QUEUED
+from queueproxy.exchange import ACTIVE, CONNECTING, DONE, QUEUED
 from queueproxy.h2limits import (
     CONNECTION_WINDOW,
     INITIAL_WINDOW,
@@ -68,7 +67,6 @@ from queueproxy.http11 import HOP_BY_HOP
 from queueproxy.outcomes import (
     BAD_REQUEST,
     CUT,
-    QUEUE_FULL,
     TIMEOUT,
     UPSTREAM_RESET,
     upstream_failure_reason,
@@ -313,22 +311,7 @@ class H2ServerConnection(ResponseSide, Alarm, asyncio.Protocol):
                 self._start_timer(stream)
             return
         self._start_timer(stream)
-        if path.observer is not None:
-            stream.counted = True
-            path.observer.request_started(stream)  # type: ignore[arg-type]
-        breaker = path.breaker
-        if breaker is None:
-            self.start_upstream(stream)
-            return
-        admission = breaker.try_acquire(stream)
-        if admission is Admission.ADMITTED:
-            stream.has_slot = True
-            self.start_upstream(stream)
-        elif admission is Admission.QUEUED:
-            stream.state = QUEUED
-        else:
-            self.rejected(QUEUE_FULL, 503, QUEUE_FULL_BODY)
-            self.respond_locally(stream, 503, QUEUE_FULL_BODY)
+        path.admit(stream)  # type: ignore[arg-type]
 
     def start_upstream(self, stream: Stream) -> None:
         """Called with a breaker slot (or for requests that skip the breaker)."""

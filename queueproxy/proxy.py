@@ -120,6 +120,28 @@ class DataPath:
     def protocol_factory(self) -> ClientConnection:
         return ClientConnection(self)
 
+    def admit(self, exchange: Exchange) -> None:
+        """A request for the app, over HTTP/1 or HTTP/2 (an `h2stream.Stream` has the same
+        interface): counted, then through the breaker to its connection's `start_upstream`,
+        into the queue, or answered 503 when every place is taken."""
+        conn = exchange.conn
+        if self.observer is not None:
+            exchange.counted = True
+            self.observer.request_started(exchange)
+        breaker = self.breaker
+        if breaker is None:
+            conn.start_upstream(exchange)
+            return
+        admission = breaker.try_acquire(exchange)
+        if admission is Admission.ADMITTED:
+            exchange.has_slot = True
+            conn.start_upstream(exchange)
+        elif admission is Admission.QUEUED:
+            exchange.state = QUEUED
+        else:
+            conn.rejected(QUEUE_FULL, 503, QUEUE_FULL_BODY)
+            conn.respond_locally(exchange, 503, QUEUE_FULL_BODY)
+
     def admitted(self, exchange: Exchange) -> None:
         """A queued exchange was handed a breaker slot."""
         exchange.has_slot = True
@@ -475,22 +497,7 @@ class ClientConnection(ResponseSide, Alarm, asyncio.Protocol):
                 self._start_timer()
             return
         self._start_timer()
-        if path.observer is not None:
-            exchange.counted = True
-            path.observer.request_started(exchange)
-        breaker = path.breaker
-        if breaker is None:
-            self.start_upstream(exchange)
-            return
-        admission = breaker.try_acquire(exchange)
-        if admission is Admission.ADMITTED:
-            exchange.has_slot = True
-            self.start_upstream(exchange)
-        elif admission is Admission.QUEUED:
-            exchange.state = QUEUED
-        else:
-            self.rejected(QUEUE_FULL, 503, QUEUE_FULL_BODY)
-            self.respond_locally(exchange, 503, QUEUE_FULL_BODY)
+        path.admit(exchange)
 
     def _start_timer(self) -> None:
         deadline = self.timer.start(self.loop.time())
